@@ -1,0 +1,4 @@
+"""rec_pipeline
+"""
+
+__version__ = "0.1"
