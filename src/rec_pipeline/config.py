@@ -1,0 +1,558 @@
+"""Typed parameters: ``parameters.yml`` parsed once into pydantic models.
+
+Every key of the source document's training config is accepted here and means what SPEC.md says.
+An unknown key, a wrong type or an inconsistent combination raises :class:`ConfigError` naming the
+dotted key and what was expected, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Ali-CCP's 23 fields, split by the file they live in (SPEC §2.2).
+ALICCP_SKELETON_FIELDS = ["205", "206", "207", "216", "210", "508", "509", "702", "853", "301"]
+ALICCP_COMMON_FIELDS = [
+    "101",
+    "121",
+    "122",
+    "124",
+    "125",
+    "126",
+    "127",
+    "128",
+    "129",
+    "109_14",
+    "110_14",
+    "127_14",
+    "150_14",
+]
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type, or inconsistent with another one."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _err(key: str, expected: str, got: Any = None) -> ConfigError:
+    tail = "" if got is None else f" (got {got!r})"
+    return ConfigError(f"parameter '{key}': expected {expected}{tail}")
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class FieldsConfig(_Model):
+    """Field ids per raw file. Model field names are ``f0_<id>`` (skeleton) and ``f1_<id>``."""
+
+    skeleton: list[str] = Field(default_factory=lambda: list(ALICCP_SKELETON_FIELDS))
+    common: list[str] = Field(default_factory=lambda: list(ALICCP_COMMON_FIELDS))
+
+    @field_validator("skeleton", "common")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        v = [str(x) for x in v]
+        if len(set(v)) != len(v):
+            raise ValueError("field ids must be unique")
+        for f in v:
+            if not f or len(f.encode()) > 8 or any(c in f for c in ",\x01\x02\x03\n"):
+                raise ValueError(f"field id {f!r} must be a short token (at most 8 bytes)")
+        return v
+
+    def names(self) -> list[str]:
+        return [f"f0_{f}" for f in self.skeleton] + [f"f1_{f}" for f in self.common]
+
+
+class DataConfig(_Model):
+    # Accepted for compatibility with the source config; the catalog decides where data lives.
+    metadata_path: str | None = None
+    batch_size: int = Field(1024, gt=0)
+    # DataLoader knobs of the source config. The tensor-resident loader has no worker processes,
+    # so these are accepted and recorded but have no effect.
+    num_workers: int = Field(0, ge=0)
+    num_workers_valid: int = Field(0, ge=0)
+    prefetch_factor: int | None = Field(None, ge=1)
+    pin_memory: bool = True
+    persistent_workers: bool = False
+    drop_last: bool = False
+    debug: bool = False
+    seed: int = 20260127
+    neg_keep_prob_train: float = Field(1.0, gt=0.0, le=1.0)
+
+    source: Literal["synthetic", "files"] = "synthetic"
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    fields: FieldsConfig = Field(default_factory=FieldsConfig)
+    chunk_mb: int = Field(64, gt=0)
+
+
+class SamplingConfig(_Model):
+    negative_sampling: Literal["none", "random"] = "none"
+
+
+class VocabConfig(_Model):
+    min_count: int = Field(1, ge=1)
+    # Per-field caps, keyed by model field name (f0_205): keep the most frequent ids.
+    max_size: dict[str, int] = Field(default_factory=dict)
+    # Per-field hashing instead of a vocabulary: index = 1 + hash(raw id) mod buckets.
+    hash_buckets: dict[str, int] = Field(default_factory=dict)
+
+
+class SyntheticParams(_Model):
+    """Passed to :class:`rec_pipeline.data.synthetic.SyntheticConfig` (unknown keys rejected there)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class EmbeddingConfig(_Model):
+    default_embedding_dim: int = Field(8, gt=0)
+    embedding_dim_overrides: dict[str, int] = Field(default_factory=dict)
+    # Pooling of a bag: mean = sum(w*e)/sum(w), sum = sum(w*e). The source config writes "sum"
+    # with a note that the pooling is actually the weighted mean; SPEC §3 reads it as mean.
+    mode: Literal["mean", "sum"] = "mean"
+    sparse_grad: bool = True
+    init_std: float = Field(0.01, gt=0.0)
+
+
+Activation = Literal["relu", "gelu", "silu", "tanh", "prelu", "leaky_relu"]
+
+
+class BackboneConfig(_Model):
+    use_legacy_pseudo_deepfm: bool = False
+    return_logit_parts: bool = True
+    per_head_add: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    deep_hidden_dims: list[int] = Field(default_factory=lambda: [256, 128])
+    deep_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    deep_activation: Activation = "relu"
+    deep_use_bn: bool = False
+    fm_enabled: bool = True
+    # null: fm_logit = sum(fm_vec); int: fm_logit = MLP(D -> fm_projection_dim -> 1)(fm_vec).
+    fm_projection_dim: int | None = Field(16, gt=0)
+    out_dim: int = Field(128, gt=0)
+
+    @field_validator("per_head_add")
+    @classmethod
+    def _per_head_keys(cls, v: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
+        for task, flags in v.items():
+            extra = set(flags) - {"use_wide", "use_fm"}
+            if extra:
+                raise ValueError(
+                    f"per_head_add.{task}: unknown key(s) {sorted(extra)}; expected use_wide, use_fm"
+                )
+        return v
+
+
+class GateStabilizeConfig(_Model):
+    enabled: bool = True
+    temperature: float = Field(1.0, gt=0.0)
+    noise_std: float = Field(0.0, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    entropy_reg_weight: float = Field(0.0, ge=0.0)
+    load_balance_kl_weight: float = Field(0.0, ge=0.0)
+    log_stats: bool = True
+
+
+class MMoEConfig(_Model):
+    num_experts: int = Field(4, gt=0)
+    expert_mlp_dims: list[int] = Field(default_factory=lambda: [128])
+    gate_type: Literal["linear", "mlp"] = "linear"
+    gate_hidden_dims: list[int] = Field(default_factory=list)
+    input: Literal["deep_h"] = "deep_h"
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    log_gates: bool = True
+    gate_stabilize: GateStabilizeConfig = Field(default_factory=GateStabilizeConfig)
+    add_fm_vec: bool = True
+    add_emb: Literal["none", "sum", "mean", "concat"] = "mean"
+    part_proj_dim: int | None = Field(128, gt=0)
+    fusion: Literal["concat", "sum"] = "concat"
+    adapter_mlp_dims: list[int] = Field(default_factory=lambda: [128])
+    norm: Literal["none", "layernorm"] = "layernorm"
+
+    @model_validator(mode="after")
+    def _check(self) -> MMoEConfig:
+        if self.gate_type == "mlp" and not self.gate_hidden_dims:
+            raise ValueError("gate_type 'mlp' needs non-empty gate_hidden_dims")
+        if not self.expert_mlp_dims:
+            raise ValueError("expert_mlp_dims must not be empty")
+        return self
+
+
+class HeadConfig(_Model):
+    mlp_dims: list[int] | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    use_bn: bool | None = None
+    activation: Activation | None = None
+    # Output bias = log(p/(1-p)); null takes p from the training data's positive rate.
+    prior_rate: float | None = Field(None, gt=0.0, lt=1.0)
+
+
+class ResolvedHead(_Model):
+    mlp_dims: list[int]
+    dropout: float
+    use_bn: bool
+    activation: Activation
+    prior_rate: float | None
+
+
+class HeadsConfig(_Model):
+    model_config = ConfigDict(extra="allow")
+    default: HeadConfig = Field(
+        default_factory=lambda: HeadConfig(
+            mlp_dims=[128], dropout=0.1, use_bn=False, activation="relu"
+        )
+    )
+
+    def for_task(self, task: str) -> ResolvedHead:
+        """The default head with this task's overrides applied."""
+        merged = self.default.model_dump()
+        override = (self.model_extra or {}).get(task) or {}
+        try:
+            over = HeadConfig.model_validate(override)
+        except ValidationError as exc:
+            raise _from_validation(exc, prefix=f"model.heads.{task}") from None
+        merged.update({k: v for k, v in over.model_dump().items() if v is not None})
+        merged.setdefault("mlp_dims", [128])
+        defaults = {"mlp_dims": [128], "dropout": 0.1, "use_bn": False, "activation": "relu"}
+        for k, v in defaults.items():
+            if merged.get(k) is None:
+                merged[k] = v
+        return ResolvedHead.model_validate(merged)
+
+
+class ModelConfig(_Model):
+    name: str = "deepfm_mmoe"
+    mtl: Literal["mmoe"] = "mmoe"
+    enabled_heads: list[Literal["ctr", "cvr"]] = Field(default_factory=lambda: ["ctr", "cvr"])
+    tasks: list[Literal["ctr", "cvr"]] = Field(default_factory=lambda: ["ctr", "cvr"])
+    backbone: BackboneConfig | None = None
+    mmoe: MMoEConfig = Field(default_factory=MMoEConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    # Flat backbone keys of the source config; `backbone`, when present, overrides them.
+    deep_hidden_dims: list[int] = Field(default_factory=lambda: [256, 128])
+    deep_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    deep_activation: Activation = "relu"
+    deep_use_bn: bool = False
+    fm_enabled: bool = True
+    fm_projection_dim: int | None = Field(16, gt=0)
+    out_dim: int = Field(128, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks must be unique")
+        missing = [h for h in self.enabled_heads if h not in self.tasks]
+        if missing:
+            raise ValueError(f"enabled_heads {missing} are not in tasks {self.tasks}")
+        for t in self.model_extra_heads():
+            if t not in self.tasks:
+                raise ValueError(f"heads.{t} configures a task that is not in tasks {self.tasks}")
+        return self
+
+    def model_extra_heads(self) -> list[str]:
+        return list((self.heads.model_extra or {}).keys())
+
+    def resolved_backbone(self) -> BackboneConfig:
+        """`model.backbone` when given, else the flat `model.deep_*` keys."""
+        if self.backbone is not None:
+            return self.backbone
+        return BackboneConfig(
+            use_legacy_pseudo_deepfm=False,
+            return_logit_parts=True,
+            per_head_add={},
+            deep_hidden_dims=self.deep_hidden_dims,
+            deep_dropout=self.deep_dropout,
+            deep_activation=self.deep_activation,
+            deep_use_bn=self.deep_use_bn,
+            fm_enabled=self.fm_enabled,
+            fm_projection_dim=self.fm_projection_dim,
+            out_dim=self.out_dim,
+        )
+
+
+# ------------------------------------------------------------------------------------ optimisation
+
+
+class DenseOptimConfig(_Model):
+    lr: float = Field(6e-4, gt=0.0)
+    weight_decay: float = Field(1e-5, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+
+
+class SparseOptimConfig(_Model):
+    enabled: bool = True
+    lr: float = Field(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    allow_fallback_if_empty: bool = False
+
+
+class LRSchedulerConfig(_Model):
+    enabled: bool = True
+    target: Literal["dense", "both"] = "both"
+    type: Literal["cosine", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    # null: derived from the data size x epochs, capped by runtime.max_train_steps.
+    total_steps: int | None = Field(None, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    step_milestones: list[int] = Field(default_factory=list)
+    step_gamma: float = Field(0.1, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LRSchedulerConfig:
+        if self.total_steps is not None and self.warmup_steps >= self.total_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be < total_steps ({self.total_steps})"
+            )
+        if sorted(self.step_milestones) != self.step_milestones:
+            raise ValueError("step_milestones must be increasing")
+        return self
+
+
+class OptimConfig(_Model):
+    type: Literal["dual_sparse_dense", "dense"] = "dual_sparse_dense"
+    dense: DenseOptimConfig = Field(default_factory=DenseOptimConfig)
+    sparse: SparseOptimConfig = Field(default_factory=SparseOptimConfig)
+    lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
+
+
+class TaskPair(_Model):
+    ctr: float = Field(1.0, gt=0.0)
+    ctcvr: float = Field(1.0, gt=0.0)
+
+
+class PosWeightScheduleConfig(_Model):
+    enabled: bool = False
+    target: Literal["ctcvr", "ctr", "both"] = "ctcvr"
+    type: Literal["piecewise", "linear"] = "piecewise"
+    milestones: list[int] = Field(default_factory=lambda: [0])
+    values: list[float] = Field(default_factory=lambda: [300.0])
+    start_step: int = Field(0, ge=0)
+    end_step: int = Field(1, ge=0)
+    start_value: float = Field(1.0, gt=0.0)
+    end_value: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PosWeightScheduleConfig:
+        if self.type == "piecewise":
+            if len(self.milestones) != len(self.values) or not self.milestones:
+                raise ValueError("milestones and values must be non-empty and of equal length")
+            if sorted(self.milestones) != self.milestones or self.milestones[0] != 0:
+                raise ValueError("milestones must be increasing and start at 0")
+            if any(v <= 0 for v in self.values):
+                raise ValueError("values must be > 0")
+        elif self.end_step <= self.start_step:
+            raise ValueError("end_step must be > start_step")
+        return self
+
+
+class AuxFocalConfig(_Model):
+    enabled: bool = False
+    warmup_steps: int = Field(0, ge=0)
+    target_head: Literal["ctcvr"] = "ctcvr"
+    lambda_: float = Field(0.05, ge=0.0, alias="lambda")
+    gamma: float = Field(1.0, ge=0.0)
+    use_alpha: bool = False
+    alpha: float = Field(0.25, gt=0.0, lt=1.0)
+    detach_p_for_weight: bool = True
+    compute_fp32: bool = True
+    log_components: bool = True
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LossConfig(_Model):
+    w_ctr: float = Field(1.0, ge=0.0)
+    w_cvr: float = Field(1.0, ge=0.0)
+    eps: float = Field(1e-6, gt=0.0)
+    pos_weight_dynamic: bool = False
+    static_pos_weight: TaskPair = Field(default_factory=TaskPair)
+    pos_weight_clip: TaskPair = Field(default_factory=lambda: TaskPair(ctr=1e9, ctcvr=1e9))
+    pos_weight_clip_schedule: PosWeightScheduleConfig = Field(
+        default_factory=PosWeightScheduleConfig
+    )
+    aux_focal: AuxFocalConfig = Field(default_factory=AuxFocalConfig)
+
+
+class EsmmConfig(_Model):
+    version: Literal["v2", "legacy"] = "v2"
+    eps: float = Field(1e-8, gt=0.0)
+    lambda_ctr: float = Field(1.0, ge=0.0)
+    lambda_ctcvr: float = Field(1.0, ge=0.0)
+    lambda_cvr_aux: float = Field(0.1, ge=0.0)
+
+
+# --------------------------------------------------------------------------------------- runtime
+
+
+class RuntimeConfig(_Model):
+    device: Literal["cuda", "cpu", "auto"] = "cuda"
+    epochs: int = Field(1, gt=0)
+    log_every: int = Field(100, gt=0)
+    # Validation interval in steps; null uses log_every (the source config's behaviour).
+    valid_every: int | None = Field(None, gt=0)
+    amp: bool = True
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    grad_diag_enabled: bool = True
+    grad_diag_every: int | None = Field(None, gt=0)
+    grad_diag_min_tasks: int = Field(2, ge=1)
+    log_health_metrics: bool = True
+    max_train_steps: int | None = Field(None, gt=0)
+    max_valid_steps: int | None = Field(None, gt=0)
+    grad_clip_norm: float | None = Field(None, gt=0.0)
+    seed: int = 20260127
+    resume_path: str | None = None
+    auto_eval: bool = True
+    auto_eval_split: Literal["valid", "test"] = "valid"
+    auto_eval_save_preds: bool = True
+    auto_eval_ckpt: Literal["best", "last"] = "best"
+    save_last: bool = False
+    progress_bar: bool = True
+    valid_batch_size: int | None = Field(None, gt=0)
+    deterministic: bool = False
+
+
+class EvaluationConfig(_Model):
+    split: Literal["train", "valid", "test"] = "test"
+    batch_size: int = Field(65536, gt=0)
+    device: Literal["cuda", "cpu", "auto"] = "auto"
+    checkpoint: Literal["best", "last"] = "best"
+    calibration_bins: int = Field(10, gt=1)
+
+
+class ExperimentConfig(_Model):
+    name: str = "deepfm_mmoe"
+
+
+# ---------------------------------------------------------------------------------------- root
+
+
+class Config(_Model):
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    use_esmm: bool = True
+    esmm: EsmmConfig = Field(default_factory=EsmmConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _consistency(self) -> Config:
+        if self.use_esmm and "cvr" not in self.model.tasks:
+            raise _Inconsistent("model.tasks", "to contain 'cvr' when use_esmm is true")
+        if self.use_esmm and "ctr" not in self.model.tasks:
+            raise _Inconsistent("model.tasks", "to contain 'ctr' when use_esmm is true")
+        if self.use_esmm and self.sampling.negative_sampling != "none":
+            raise _Inconsistent(
+                "sampling.negative_sampling", "'none' when use_esmm is true (ESMM needs all rows)"
+            )
+        sparse = self.optim.sparse
+        uses_sparse = self.optim.type == "dual_sparse_dense" and sparse.enabled
+        if uses_sparse and not self.embedding.sparse_grad and not sparse.allow_fallback_if_empty:
+            raise _Inconsistent(
+                "optim.sparse.allow_fallback_if_empty",
+                "true when embedding.sparse_grad is false: the sparse optimiser would have no "
+                "parameters (or set embedding.sparse_grad: true)",
+            )
+        if self.optim.type == "dense" and self.embedding.sparse_grad:
+            raise _Inconsistent(
+                "embedding.sparse_grad",
+                "false when optim.type is 'dense' (AdamW has no sparse mode)",
+            )
+        names = set(self.data.fields.names())
+        for key in ("embedding.embedding_dim_overrides", "vocab.max_size", "vocab.hash_buckets"):
+            section, attr = key.split(".")
+            for name, val in getattr(getattr(self, section), attr).items():
+                if name not in names:
+                    raise _Inconsistent(
+                        f"{key}.{name}", f"a configured field name ({sorted(names)})"
+                    )
+                if int(val) <= 0:
+                    raise _Inconsistent(f"{key}.{name}", "a positive integer", val)
+        bb = self.model.resolved_backbone()
+        for task in bb.per_head_add:
+            if task not in self.model.tasks:
+                raise _Inconsistent(
+                    f"model.backbone.per_head_add.{task}", f"a task in {self.model.tasks}"
+                )
+        if bb.use_legacy_pseudo_deepfm and any(
+            f.get("use_wide") or f.get("use_fm") for f in bb.per_head_add.values()
+        ):
+            raise _Inconsistent(
+                "model.backbone.per_head_add",
+                "no additions in legacy mode (use_legacy_pseudo_deepfm folds fm_vec into h)",
+            )
+        return self
+
+    # Derived settings ------------------------------------------------------------------------
+
+    @property
+    def valid_every(self) -> int:
+        return self.runtime.valid_every or self.runtime.log_every
+
+    @property
+    def grad_diag_every(self) -> int:
+        return self.runtime.grad_diag_every or self.runtime.log_every
+
+    def embedding_dim(self, field_name: str) -> int:
+        return int(
+            self.embedding.embedding_dim_overrides.get(
+                field_name, self.embedding.default_embedding_dim
+            )
+        )
+
+
+class _Inconsistent(ValueError):
+    def __init__(self, key: str, expected: str, got: Any = None):
+        self.key = key
+        tail = "" if got is None else f" (got {got!r})"
+        super().__init__(f"expected {expected}{tail}")
+
+
+def _from_validation(exc: ValidationError, prefix: str = "") -> ConfigError:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _Inconsistent):
+            lines.append(f"parameter '{ctx_err.key}': {ctx_err}")
+            continue
+        key = ".".join(p for p in (prefix, loc) if p)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"parameter '{key}': unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"parameter '{key}': required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            tail = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"parameter '{key}': {msg}{tail}")
+    return ConfigError("invalid parameters:\n  " + "\n  ".join(lines))
+
+
+def load_config(parameters: dict[str, Any]) -> Config:
+    """Parse Kedro's ``parameters`` dict into a :class:`Config`; raise ConfigError on any problem."""
+    try:
+        cfg = Config.model_validate(parameters)
+    except ValidationError as exc:
+        raise _from_validation(exc) from None
+    for task in cfg.model.tasks:
+        cfg.model.heads.for_task(task)  # validates per-task overrides
+    return cfg
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
