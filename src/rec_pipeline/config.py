@@ -103,9 +103,21 @@ class VocabConfig(_Model):
 
 
 class SyntheticParams(_Model):
-    """Passed to :class:`rec_pipeline.data.synthetic.SyntheticConfig` (unknown keys rejected there)."""
+    """Keys of :class:`rec_pipeline.data.synthetic.SyntheticConfig` (checked there)."""
 
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticParams:
+        from rec_pipeline.data.synthetic import SyntheticConfig
+
+        SyntheticConfig.from_mapping(self.model_extra)
+        return self
+
+    def build(self):
+        from rec_pipeline.data.synthetic import SyntheticConfig
+
+        return SyntheticConfig.from_mapping(self.model_extra)
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -435,6 +447,8 @@ class ExperimentConfig(_Model):
 
 
 class Config(_Model):
+    # Folder of the raw files, read by the catalog (`--params raw_dir=/path/to/aliccp`).
+    raw_dir: str | None = None
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     use_esmm: bool = True
     esmm: EsmmConfig = Field(default_factory=EsmmConfig)
@@ -467,7 +481,7 @@ class Config(_Model):
                 "true when embedding.sparse_grad is false: the sparse optimiser would have no "
                 "parameters (or set embedding.sparse_grad: true)",
             )
-        if self.optim.type == "dense" and self.embedding.sparse_grad:
+        if self.embedding.sparse_grad and not uses_sparse:
             raise _Inconsistent(
                 "embedding.sparse_grad",
                 "false when optim.type is 'dense' (AdamW has no sparse mode)",

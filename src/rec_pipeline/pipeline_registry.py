@@ -1,16 +1,28 @@
-"""Project pipelines."""
+"""Project pipelines, registered by name (`kedro registry list`)."""
+
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+from rec_pipeline.pipelines import (
+    data_generation,
+    data_processing,
+    evaluation,
+    reporting,
+    training,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines.
-
-    Returns:
-        A mapping from pipeline names to ``Pipeline`` objects.
-    """
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values())
-    return pipelines
+    pipes = {
+        "data_generation": data_generation.create_pipeline(),
+        "data_processing": data_processing.create_pipeline(),
+        "training": training.create_pipeline(),
+        "evaluation": evaluation.create_pipeline(),
+        "reporting": reporting.create_pipeline(),
+    }
+    pipes["data"] = pipes["data_generation"] + pipes["data_processing"]
+    pipes["__default__"] = (
+        pipes["data"] + pipes["training"] + pipes["evaluation"] + pipes["reporting"]
+    )
+    return pipes

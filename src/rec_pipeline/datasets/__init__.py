@@ -1,1 +1,13 @@
+"""Kedro catalog datasets for the project's artefacts (the only Kedro-aware data code)."""
 
+from rec_pipeline.datasets.checkpoint_dataset import TorchCheckpointDataset
+from rec_pipeline.datasets.raw_dataset import RawAliCCPDataset
+from rec_pipeline.datasets.shards_dataset import ParquetShardsDataset
+from rec_pipeline.datasets.versions_dataset import JSONVersionsDataset
+
+__all__ = [
+    "JSONVersionsDataset",
+    "ParquetShardsDataset",
+    "RawAliCCPDataset",
+    "TorchCheckpointDataset",
+]

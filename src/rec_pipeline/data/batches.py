@@ -1,0 +1,229 @@
+"""Tensor-resident data: encoded shards loaded once into (device) tensors, batches by gather.
+
+Each side (skeleton samples, common records) becomes one row-major jagged tensor set:
+``ids`` [nnz] (per-field vocabulary row), ``fields`` [nnz] (field position on that side),
+``weights`` [nnz] and ``row_ptr`` [N+1], values of a row sorted by field. A batch is a gather of
+B sample rows plus the U distinct common records they point at, each pooled once by the model.
+
+Every data-dependent size (values in a batch, distinct records) is computed from small host-side
+copies of the row lengths, so a training step never waits on the device for a size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from rec_pipeline.data.encode import list_parts
+from rec_pipeline.data.shards import ShardSet
+
+
+@dataclass
+class Batch:
+    """One training/evaluation batch (B rows, U distinct common records).
+
+    sk_ids, sk_fields, sk_weights, sk_rows: [Ns] skeleton values, sorted by (row, field);
+    sk_rows in [0, B). cm_ids, cm_fields, cm_weights, cm_rows: [Nc] values of the U distinct
+    common records, cm_rows in [0, U). cm_inverse [B]: row b's record. click, conversion [B]
+    float32; index [B] row positions in the split.
+    """
+
+    sk_ids: torch.Tensor
+    sk_fields: torch.Tensor
+    sk_weights: torch.Tensor
+    sk_rows: torch.Tensor
+    cm_ids: torch.Tensor
+    cm_fields: torch.Tensor
+    cm_weights: torch.Tensor
+    cm_rows: torch.Tensor
+    cm_inverse: torch.Tensor
+    click: torch.Tensor
+    conversion: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.click.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class Jagged:
+    """Row-major jagged values on one device; ``lengths`` is a host copy of the row sizes."""
+
+    ids: torch.Tensor  # int32 [nnz]
+    fields: torch.Tensor  # int16 [nnz]
+    weights: torch.Tensor  # float32 [nnz]
+    row_ptr: torch.Tensor  # int64 [N+1]
+    lengths: np.ndarray  # int64 [N], host
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lengths)
+
+    @staticmethod
+    def from_shards(shards: ShardSet, field_names: Sequence[str], extra: Sequence[str] = ()):
+        """Interleave per-field list columns into one jagged set; returns (Jagged, extra cols)."""
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        extras: dict[str, list[np.ndarray]] = {c: [] for c in extra}
+        cols = [c for f in field_names for c in (f"id_{f}", f"w_{f}")] + list(extra)
+        for table in shards.iter_tables(cols):
+            parts.append(_interleave(table, field_names))
+            for c in extra:
+                extras[c].append(table.column(c).to_numpy())
+        if parts:
+            ids = np.concatenate([p[0] for p in parts])
+            flds = np.concatenate([p[1] for p in parts])
+            w = np.concatenate([p[2] for p in parts])
+            lengths = np.concatenate([p[3] for p in parts])
+        else:
+            ids, flds, w, lengths = (
+                np.empty(0, t) for t in (np.int32, np.int16, np.float32, np.int64)
+            )
+        row_ptr = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=row_ptr[1:])
+        jagged = Jagged(
+            ids=torch.from_numpy(ids),
+            fields=torch.from_numpy(flds),
+            weights=torch.from_numpy(w),
+            row_ptr=torch.from_numpy(row_ptr),
+            lengths=lengths,
+        )
+        return jagged, {c: np.concatenate(v) if v else np.empty(0) for c, v in extras.items()}
+
+    def to(self, device: torch.device | str) -> Jagged:
+        return replace(
+            self,
+            ids=self.ids.to(device),
+            fields=self.fields.to(device),
+            weights=self.weights.to(device),
+            row_ptr=self.row_ptr.to(device),
+        )
+
+    def gather(self, rows: torch.Tensor, rows_host: np.ndarray):
+        """Values of ``rows`` [R] as (ids, fields, weights, local row) [n], n known on the host."""
+        lens_host = self.lengths[rows_host]
+        total = int(lens_host.sum())
+        device = self.ids.device
+        lens = torch.from_numpy(lens_host).to(device, non_blocking=True)
+        starts = self.row_ptr[rows]
+        out_start = torch.cumsum(lens, 0) - lens
+        local = torch.repeat_interleave(
+            torch.arange(len(rows_host), device=device), lens, output_size=total
+        )
+        src = starts[local] + torch.arange(total, device=device) - out_start[local]
+        return (
+            self.ids[src].long(),
+            self.fields[src].long(),
+            self.weights[src],
+            local,
+        )
+
+
+def _interleave(table, field_names: Sequence[str]):
+    """Per-field list columns of one shard -> row-major (ids, fields, weights, row lengths)."""
+    n = table.num_rows
+    lens = np.zeros((n, len(field_names)), np.int64)
+    offs = []
+    for j, f in enumerate(field_names):
+        o, v = list_parts(table, f"id_{f}")
+        wo, w = list_parts(table, f"w_{f}")
+        lens[:, j] = np.diff(o)
+        offs.append((o, v, w))
+    row_len = lens.sum(1)
+    row_start = np.zeros(n, np.int64)
+    np.cumsum(row_len[:-1], out=row_start[1:]) if n > 1 else None
+    total = int(row_len.sum())
+    ids = np.empty(total, np.int32)
+    flds = np.empty(total, np.int16)
+    w_out = np.empty(total, np.float32)
+    before = np.zeros(n, np.int64)  # values of earlier fields in each row
+    for j, (o, v, w) in enumerate(offs):
+        lj = lens[:, j]
+        if v.size:
+            # destination = row start + earlier fields' values + position within this field
+            dest = np.repeat(row_start + before - o[:-1], lj) + np.arange(v.size)
+            ids[dest] = v
+            flds[dest] = j
+            w_out[dest] = w
+        before += lj
+    return ids, flds, w_out, row_len
+
+
+class SplitData:
+    """One split's samples (and the commons they point at) held as tensors on a device."""
+
+    def __init__(
+        self,
+        samples: ShardSet,
+        commons: Jagged,
+        skeleton_fields: Sequence[str],
+        device: torch.device | str = "cpu",
+    ):
+        sk, extra = Jagged.from_shards(
+            samples, skeleton_fields, extra=("sample_id", "click", "conversion", "common_row")
+        )
+        self.device = torch.device(device)
+        self.skeleton = sk.to(self.device)
+        self.commons = commons if commons.ids.device == self.device else commons.to(self.device)
+        self.sample_id = extra["sample_id"].astype(np.int64)
+        self.click_host = extra["click"].astype(np.int8)
+        self.conversion_host = extra["conversion"].astype(np.int8)
+        self.common_row_host = extra["common_row"].astype(np.int64)
+        self.click = torch.from_numpy(self.click_host.astype(np.float32)).to(self.device)
+        self.conversion = torch.from_numpy(self.conversion_host.astype(np.float32)).to(self.device)
+        self.common_row = torch.from_numpy(self.common_row_host).to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+    def batch(self, rows_host: np.ndarray) -> Batch:
+        """Gather the batch of rows ``rows_host`` (int64 [B], host)."""
+        rows = torch.from_numpy(rows_host).to(self.device, non_blocking=True)
+        sk_ids, sk_fields, sk_w, sk_rows = self.skeleton.gather(rows, rows_host)
+        uniq, inverse = np.unique(self.common_row_host[rows_host], return_inverse=True)
+        cm = torch.from_numpy(uniq).to(self.device, non_blocking=True)
+        cm_ids, cm_fields, cm_w, cm_rows = self.commons.gather(cm, uniq)
+        return Batch(
+            sk_ids=sk_ids,
+            sk_fields=sk_fields,
+            sk_weights=sk_w,
+            sk_rows=sk_rows,
+            cm_ids=cm_ids,
+            cm_fields=cm_fields,
+            cm_weights=cm_w,
+            cm_rows=cm_rows,
+            cm_inverse=torch.from_numpy(inverse.reshape(-1)).to(self.device, non_blocking=True),
+            click=self.click[rows],
+            conversion=self.conversion[rows],
+            index=rows,
+        )
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: np.random.Generator | None = None,
+        drop_last: bool = False,
+        start: int = 0,
+    ) -> Iterator[Batch]:
+        """Batches in order (evaluation) or by a seeded permutation (training).
+
+        ``start`` skips that many batches of the same order (resuming mid-epoch).
+        """
+        n = len(self)
+        order = generator.permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for s in range(start * batch_size, stop, batch_size):
+            yield self.batch(order[s : s + batch_size])
+
+
+def load_commons(shards: ShardSet, common_fields: Sequence[str], device="cpu") -> Jagged:
+    jagged, _ = Jagged.from_shards(shards, common_fields)
+    return jagged.to(device)

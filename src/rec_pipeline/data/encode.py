@@ -1,0 +1,276 @@
+"""Feature encoding: parsed shards (raw int64 ids) -> encoded shards (vocabulary rows).
+
+Parsed and encoded tables share one layout, kept normalised as in the raw files:
+
+* samples: ``sample_id`` int64, ``click`` int8, ``conversion`` int8, a link to the common record
+  (``common_feature_index`` bytes when parsed; ``common_row`` int32, the row in the split's
+  encoded commons, when encoded), and per skeleton field ``f``: ``id_f`` list<int> and ``w_f``
+  list<float32> (an absent field is an empty list).
+* commons: ``common_feature_index`` and ``id_f`` / ``w_f`` per common field.
+
+Multi-hot lists and their weights are kept whole. Everything is vectorised per column: the only
+Python loops run over fields and shards, never rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rec_pipeline.data.sampling import negative_keep_mask, valid_group_mask
+from rec_pipeline.data.vocab import IdCounter, Vocabulary
+
+SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
+CFI = "common_feature_index"
+
+
+def list_parts(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 [N+1] starting at 0, flat values [nnz]) of a list column."""
+    col = table.column(column)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return offsets - offsets[0], values
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values, value_type)
+    )
+
+
+def encoded_schema(fields: Sequence[str], kind: str) -> pa.Schema:
+    cols: list[pa.Field] = (
+        [
+            pa.field("sample_id", pa.int64()),
+            pa.field("click", pa.int8()),
+            pa.field("conversion", pa.int8()),
+            pa.field("common_row", pa.int32()),
+        ]
+        if kind == "samples"
+        else [pa.field(CFI, pa.binary())]
+    )
+    for f in fields:
+        cols += [
+            pa.field(f"id_{f}", pa.list_(pa.int32())),
+            pa.field(f"w_{f}", pa.list_(pa.float32())),
+        ]
+    return pa.schema(cols)
+
+
+@dataclass
+class FieldStats:
+    values: int = 0
+    oov: int = 0
+    rows_present: int = 0
+    max_len: int = 0
+
+    def as_dict(self, rows: int) -> dict:
+        return {
+            "values": self.values,
+            "oov_values": self.oov,
+            "oov_rate": self.oov / self.values if self.values else 0.0,
+            "max_len": self.max_len,
+            "mean_len": self.values / rows if rows else 0.0,
+            "present_rate": self.rows_present / rows if rows else 0.0,
+        }
+
+
+@dataclass
+class SplitStats:
+    rows: int = 0
+    clicks: int = 0
+    conversions: int = 0
+    fields: dict[str, FieldStats] = field(default_factory=dict)
+
+    def add_labels(self, click: np.ndarray, conversion: np.ndarray) -> None:
+        self.rows += len(click)
+        self.clicks += int(click.sum())
+        self.conversions += int(conversion.sum())
+
+    def as_dict(self) -> dict:
+        out = {
+            "rows": self.rows,
+            "clicks": self.clicks,
+            "conversions": self.conversions,
+            "ctr": self.clicks / self.rows if self.rows else None,
+            "cvr": self.conversions / self.clicks if self.clicks else None,
+            "ctcvr": self.conversions / self.rows if self.rows else None,
+        }
+        out["fields"] = {k: v.as_dict(self.rows) for k, v in self.fields.items()}
+        return out
+
+
+def _encode_fields(
+    table: pa.Table,
+    raw_fields: Sequence[str],
+    prefix: str,
+    vocab: Vocabulary,
+    stats: dict[str, FieldStats],
+) -> dict[str, pa.Array]:
+    out: dict[str, pa.Array] = {}
+    for f in raw_fields:
+        offsets, raw = list_parts(table, f"id_{f}")
+        w_offsets, weights = list_parts(table, f"w_{f}")
+        idx = vocab.lookup(prefix + f, raw)
+        lengths = np.diff(offsets)
+        st = stats.setdefault(prefix + f, FieldStats())
+        st.values += int(raw.size)
+        st.oov += int((idx == 0).sum())
+        st.rows_present += int((lengths > 0).sum())
+        st.max_len = max(st.max_len, int(lengths.max(initial=0)))
+        out[f"id_{f}"] = _list_array(offsets, idx, pa.int32())
+        out[f"w_{f}"] = _list_array(w_offsets, weights.astype(np.float32), pa.float32())
+    return out
+
+
+def count_training_ids(
+    samples: Iterable[pa.Table],
+    commons: Iterable[pa.Table],
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    *,
+    valid_fraction: float,
+    seed: int,
+) -> IdCounter:
+    """Count raw ids of training-split rows only (validation groups excluded).
+
+    Skeleton ids are counted per impression; common ids once per training common record (a
+    record's features are one observation of its user, however many impressions point at it).
+    """
+    counter = IdCounter()
+    for table in samples:
+        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
+        table = table.filter(pa.array(train))
+        for f in skeleton:
+            counter.add(SKELETON_PREFIX + f, list_parts(table, f"id_{f}")[1])
+    for table in commons:
+        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
+        table = table.filter(pa.array(train))
+        for f in common:
+            counter.add(COMMON_PREFIX + f, list_parts(table, f"id_{f}")[1])
+    return counter
+
+
+class CommonIndex:
+    """common_feature_index -> row in the split's encoded commons (in write order)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._index: pd.Index | None = None
+
+    def extend(self, keys: pa.Array | pa.ChunkedArray) -> None:
+        self._chunks.append(np.asarray(keys.to_pylist(), dtype=object))
+        self._index = None
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._chunks)
+
+    def rows(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """int64 [N] rows, -1 where the record is missing."""
+        if self._index is None:
+            allk = np.concatenate(self._chunks) if self._chunks else np.empty(0, dtype=object)
+            self._index = pd.Index(allk)
+            if not self._index.is_unique:
+                # A repeated record id: the first occurrence wins (counted by the caller).
+                self._index = self._index.drop_duplicates(keep="first")
+                self._first = pd.Index(allk).get_indexer(self._index)
+            else:
+                self._first = None
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        enc = pc.dictionary_encode(keys)
+        uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        pos = self._index.get_indexer(uniq)
+        if self._first is not None:
+            pos = np.where(pos >= 0, self._first[np.maximum(pos, 0)], -1)
+        return pos[enc.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
+
+    @property
+    def duplicates(self) -> int:
+        if self._index is None:
+            self.rows(pa.array([], pa.binary()))
+        return len(self) - len(self._index)
+
+
+def encode_commons(
+    table: pa.Table, common: Sequence[str], vocab: Vocabulary, stats: SplitStats
+) -> pa.Table:
+    cols = {CFI: table.column(CFI).cast(pa.binary())}
+    cols.update(_encode_fields(table, common, COMMON_PREFIX, vocab, stats.fields))
+    stats.rows += table.num_rows
+    return pa.table(cols, schema=encoded_schema(common, "commons"))
+
+
+@dataclass
+class SampleEncoding:
+    """Counts of what happened to the sample rows of one raw file."""
+
+    rows_in: int = 0
+    missing_common: int = 0
+    missing_examples: list[int] = field(default_factory=list)
+    negatives_seen: int = 0
+    negatives_kept: int = 0
+
+
+def encode_samples(
+    table: pa.Table,
+    skeleton: Sequence[str],
+    vocab: Vocabulary,
+    commons: CommonIndex,
+    stats: SplitStats,
+    enc: SampleEncoding,
+    *,
+    keep: np.ndarray | None = None,
+) -> pa.Table:
+    """Encode one parsed shard. ``keep`` (bool [N]) selects rows first (split, sampling)."""
+    if keep is not None:
+        table = table.filter(pa.array(keep))
+    rows = commons.rows(table.column(CFI))
+    missing = rows < 0
+    if missing.any():
+        enc.missing_common += int(missing.sum())
+        ids = table.column("sample_id").to_numpy()[missing]
+        enc.missing_examples.extend(ids[: max(0, 20 - len(enc.missing_examples))].tolist())
+        table = table.filter(pa.array(~missing))
+        rows = rows[~missing]
+    click = table.column("click").to_numpy().astype(np.int8)
+    conversion = table.column("conversion").to_numpy().astype(np.int8)
+    stats.add_labels(click, conversion)
+    cols: dict[str, pa.Array] = {
+        "sample_id": table.column("sample_id").cast(pa.int64()),
+        "click": pa.array(click),
+        "conversion": pa.array(conversion),
+        "common_row": pa.array(rows.astype(np.int32)),
+    }
+    cols.update(_encode_fields(table, skeleton, SKELETON_PREFIX, vocab, stats.fields))
+    return pa.table(cols, schema=encoded_schema(skeleton, "samples"))
+
+
+def split_train_rows(
+    table: pa.Table,
+    *,
+    valid_fraction: float,
+    seed: int,
+    keep_prob: float,
+    chunk: int,
+    enc: SampleEncoding,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train_keep, valid) bool masks [N] for a parsed training shard.
+
+    Validation takes whole common-record groups and is never sampled; training negatives are
+    kept with probability ``keep_prob``.
+    """
+    enc.rows_in += table.num_rows
+    valid = valid_group_mask(table.column(CFI), valid_fraction, seed)
+    click = table.column("click").to_numpy()
+    sampled = negative_keep_mask(click, keep_prob, seed, chunk)
+    train_neg = (~valid) & (click == 0)
+    enc.negatives_seen += int(train_neg.sum())
+    enc.negatives_kept += int((train_neg & sampled).sum())
+    return (~valid) & sampled, valid

@@ -1,0 +1,106 @@
+"""The raw Ali-CCP folder: its four files, where they come from, and the no-overwrite rule.
+
+A raw folder may hold a user's real data, so nothing here ever overwrites a file it did not write:
+the synthetic generator leaves a marker (``_synthetic.json``) with its config fingerprint, and a
+folder is regenerated only when every file in it is the generator's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rec_pipeline.data import synthetic
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILES = {
+    "train": ("sample_skeleton_train.csv", "common_features_train.csv"),
+    "test": ("sample_skeleton_test.csv", "common_features_test.csv"),
+}
+
+
+class RawDataError(RuntimeError):
+    """The raw folder is missing files or holds files this project must not overwrite."""
+
+
+@dataclass(frozen=True)
+class RawFiles:
+    """The four raw files of a folder, plus the planted truth when the data is synthetic."""
+
+    folder: Path
+
+    def skeleton(self, split: str) -> Path:
+        return self.folder / SPLIT_FILES[split][0]
+
+    def common(self, split: str) -> Path:
+        return self.folder / SPLIT_FILES[split][1]
+
+    def truth(self, split: str) -> Path | None:
+        path = self.folder / f"truth_{split}.parquet"
+        return path if path.exists() and self.is_synthetic else None
+
+    def load_truth(self, split: str) -> pd.DataFrame | None:
+        """True (sample_id, p_ctr, p_cvr) of a split's raw file; valid rows live in train's."""
+        path = self.truth("test" if split == "test" else "train")
+        return None if path is None else pd.read_parquet(path)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return (self.folder / synthetic.MARKER_NAME).exists()
+
+    def check(self) -> RawFiles:
+        missing = [
+            str(self.folder / name)
+            for names in SPLIT_FILES.values()
+            for name in names
+            if not (self.folder / name).is_file()
+        ]
+        if missing:
+            raise RawDataError(
+                "raw Ali-CCP files not found: " + ", ".join(missing) + ". Point the catalog entry "
+                "'raw_aliccp' at the folder holding sample_skeleton_{train,test}.csv and "
+                "common_features_{train,test}.csv (see README: real data)."
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ExistingFiles:
+    """Source for a folder the user filled: nothing is written, the files are only checked."""
+
+    def materialize(self, folder: Path) -> None:
+        RawFiles(Path(folder)).check()
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Source that writes planted-truth data, unless identical files are already there."""
+
+    config: synthetic.SyntheticConfig
+
+    def materialize(self, folder: Path) -> None:
+        folder = Path(folder)
+        marker = folder / synthetic.MARKER_NAME
+        ours = set(synthetic.RAW_FILE_NAMES) | set(synthetic.TRUTH_FILE_NAMES)
+        present = [n for n in ours if (folder / n).exists()]
+        if marker.exists():
+            written = json.loads(marker.read_text())
+            if written.get("fingerprint") == self.config.fingerprint() and len(present) == len(
+                ours
+            ):
+                log.info("Synthetic data in %s is up to date; not regenerating.", folder)
+                return
+        elif any((folder / n).exists() for n in synthetic.RAW_FILE_NAMES):
+            raise RawDataError(
+                f"{folder} already holds Ali-CCP files that the synthetic generator did not write "
+                f"(no {synthetic.MARKER_NAME}); refusing to overwrite them. Run with "
+                "data.source: files to use them, or point 'raw_aliccp' at another folder."
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = synthetic.write_synthetic(folder, self.config)
+        log.info("Wrote synthetic Ali-CCP data to %s: %s", folder, summary)

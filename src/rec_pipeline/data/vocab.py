@@ -1,0 +1,130 @@
+"""Per-field vocabularies: raw feature id -> table row, built on the training split only.
+
+Index 0 is padding and out-of-vocabulary. A field is either counted (ids seen at least
+``min_count`` times in training, optionally the ``max_size`` most frequent) or hashed
+(``1 + hash(raw id) mod buckets``) when its raw id space is too large to count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+VOCAB_COLUMNS = ["field", "raw_id", "count", "index"]
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fast, well-mixed 64-bit hash of int64 ids (vectorised)."""
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass
+class IdCounter:
+    """Streaming count of raw ids per field; memory grows with distinct ids, not rows."""
+
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, name: str, ids: np.ndarray) -> None:
+        if ids.size == 0:
+            self.keys.setdefault(name, np.empty(0, np.int64))
+            self.counts.setdefault(name, np.empty(0, np.int64))
+            return
+        k, c = np.unique(ids, return_counts=True)
+        if name in self.keys and self.keys[name].size:
+            allk = np.concatenate([self.keys[name], k])
+            allc = np.concatenate([self.counts[name], c])
+            k, inv = np.unique(allk, return_inverse=True)
+            c = np.bincount(inv, weights=allc, minlength=len(k)).astype(np.int64)
+        self.keys[name] = k.astype(np.int64)
+        self.counts[name] = c.astype(np.int64)
+
+
+def vocabulary_frame(
+    counter: IdCounter,
+    fields: Iterable[str],
+    *,
+    min_count: int,
+    max_size: Mapping[str, int],
+    hash_buckets: Mapping[str, int],
+) -> pd.DataFrame:
+    """Long table (field, raw_id, count, index); index 1.. by decreasing count, then raw id."""
+    parts = []
+    for name in fields:
+        if name in hash_buckets:
+            continue
+        k = counter.keys.get(name, np.empty(0, np.int64))
+        c = counter.counts.get(name, np.empty(0, np.int64))
+        keep = c >= min_count
+        k, c = k[keep], c[keep]
+        order = np.lexsort((k, -c))  # most frequent first, ties by raw id: deterministic
+        if name in max_size:
+            # Table rows include index 0, so a cap of N leaves N - 1 ids.
+            order = order[: max(int(max_size[name]) - 1, 0)]
+        k, c = k[order], c[order]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "field": name,
+                    "raw_id": k,
+                    "count": c,
+                    "index": np.arange(1, len(k) + 1, dtype=np.int32),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in zip(VOCAB_COLUMNS, ["str", "int64", "int64", "int32"], strict=True)
+            }
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+class Vocabulary:
+    """Vectorised lookup of raw ids, from the vocabulary table and the hashing settings."""
+
+    def __init__(self, frame: pd.DataFrame, hash_buckets: Mapping[str, int] | None = None):
+        self.hash_buckets = dict(hash_buckets or {})
+        self._keys: dict[str, np.ndarray] = {}
+        self._index: dict[str, np.ndarray] = {}
+        for name, g in frame.groupby("field", sort=False):
+            order = np.argsort(g["raw_id"].to_numpy(), kind="stable")
+            self._keys[str(name)] = g["raw_id"].to_numpy(np.int64)[order]
+            self._index[str(name)] = g["index"].to_numpy(np.int32)[order]
+        digest = hashlib.sha256()
+        for name in sorted(self._keys):
+            digest.update(name.encode())
+            digest.update(self._keys[name].tobytes())
+            digest.update(self._index[name].tobytes())
+        for name in sorted(self.hash_buckets):
+            digest.update(f"{name}:hash:{self.hash_buckets[name]}".encode())
+        self.fingerprint = digest.hexdigest()[:16]
+
+    def size(self, name: str) -> int:
+        """Table rows for the field, index 0 included."""
+        if name in self.hash_buckets:
+            return int(self.hash_buckets[name]) + 1
+        return len(self._keys.get(name, ())) + 1
+
+    def lookup(self, name: str, raw_ids: np.ndarray) -> np.ndarray:
+        """int32 [N] table rows for int64 raw ids [N]; unknown ids map to 0."""
+        raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        if name in self.hash_buckets:
+            b = np.uint64(self.hash_buckets[name])
+            return (_splitmix64(raw_ids) % b + np.uint64(1)).astype(np.int32)
+        keys = self._keys.get(name)
+        if keys is None or keys.size == 0:
+            return np.zeros(len(raw_ids), np.int32)
+        pos = np.searchsorted(keys, raw_ids)
+        pos_c = np.minimum(pos, keys.size - 1)
+        found = keys[pos_c] == raw_ids
+        return np.where(found, self._index[name][pos_c], 0).astype(np.int32)

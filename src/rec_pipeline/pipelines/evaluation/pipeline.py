@@ -1,0 +1,25 @@
+from kedro.pipeline import Pipeline, node
+
+from .nodes import evaluate_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                evaluate_model,
+                inputs=[
+                    "model_checkpoint",
+                    "encoded_train",
+                    "encoded_valid",
+                    "encoded_test",
+                    "encoded_train_commons",
+                    "encoded_test_commons",
+                    "raw_aliccp",
+                    "parameters",
+                ],
+                outputs=["predictions", "evaluation_metrics"],
+                name="evaluate_model",
+            )
+        ]
+    )

@@ -1,0 +1,48 @@
+"""Reporting node: figures and a self-contained HTML report of the latest run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rec_pipeline.report.html import render_report
+from rec_pipeline.report.plots import all_figures
+
+
+def previous_metrics(current: dict, versions: list[dict]) -> dict | None:
+    """The newest saved evaluation before ``current`` (versions are oldest first)."""
+    earlier = [v["data"] for v in versions if v["data"] != current]
+    return earlier[-1] if earlier else None
+
+
+def data_summary(metadata: dict, data_quality: dict) -> dict:
+    return {
+        "splits": metadata.get("splits", {}),
+        "vocabulary_sizes": {f["name"]: f["vocab_size"] for f in metadata.get("fields", [])},
+        "negative_keep_prob_train": metadata.get("neg_keep_prob_train"),
+        "data_quality": data_quality,
+    }
+
+
+def build_report(
+    training_history: pd.DataFrame,
+    training_summary: dict,
+    evaluation_metrics: dict,
+    evaluation_metrics_versions: list[dict],
+    predictions: pd.DataFrame,
+    metadata: dict,
+    data_quality: dict,
+    parameters: dict[str, Any],
+) -> tuple[str, dict[str, Figure]]:
+    figures = all_figures(training_history, evaluation_metrics, predictions)
+    html = render_report(
+        figures,
+        params=parameters,
+        data_summary={**data_summary(metadata, data_quality), "training": training_summary},
+        metrics=evaluation_metrics,
+        previous_metrics=previous_metrics(evaluation_metrics, evaluation_metrics_versions),
+        title=f"rec_pipeline report: {parameters.get('experiment', {}).get('name', 'run')}",
+    )
+    return html, figures

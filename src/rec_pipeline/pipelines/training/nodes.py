@@ -1,0 +1,69 @@
+"""Training node: load the encoded splits onto the device, train, hand back the artefacts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+
+from rec_pipeline.config import load_config
+from rec_pipeline.data.batches import SplitData, load_commons
+from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.train.inference import evaluate_split, summarise
+from rec_pipeline.train.loop import Trainer, model_from_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ["sample_id", "click", "conversion", "p_ctr", "p_cvr", "p_ctcvr"]
+
+
+def train_model(
+    encoded_train: ShardSet,
+    encoded_valid: ShardSet,
+    encoded_train_commons: ShardSet,
+    encoded_test: ShardSet,
+    encoded_test_commons: ShardSet,
+    metadata: dict,
+    raw_aliccp: RawFiles,
+    parameters: dict[str, Any],
+) -> tuple[dict, pd.DataFrame, dict, pd.DataFrame]:
+    """Train per ``parameters``; returns checkpoint, history, summary, auto-eval predictions."""
+    cfg = load_config(parameters)
+    device = resolve_device(cfg.runtime.device)
+    skeleton = [f["raw"] for f in metadata["fields"] if f["side"] == "skeleton"]
+    common = [f["raw"] for f in metadata["fields"] if f["side"] == "common"]
+    commons = load_commons(encoded_train_commons, common, device)
+    train = SplitData(encoded_train, commons, skeleton, device)
+    valid = SplitData(encoded_valid, commons, skeleton, device)
+    log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(train), len(valid), device)
+    resume = None
+    if cfg.runtime.resume_path:
+        resume = torch.load(cfg.runtime.resume_path, map_location="cpu", weights_only=True)
+    result = Trainer(cfg, metadata, train, valid, resume=resume).fit()
+    summary = dict(result.summary)
+    preds = pd.DataFrame(columns=PREDICTION_COLUMNS)
+    if cfg.runtime.auto_eval:
+        split = cfg.runtime.auto_eval_split
+        data = valid
+        if split == "test":
+            test_commons = load_commons(encoded_test_commons, common, device)
+            data = SplitData(encoded_test, test_commons, skeleton, device)
+        model = model_from_checkpoint(result.checkpoint, cfg.runtime.auto_eval_ckpt, device)
+        metrics, p = evaluate_split(
+            model,
+            data,
+            batch_size=cfg.evaluation.batch_size,
+            esmm=cfg.use_esmm,
+            keep_prob=float(metadata["neg_keep_prob_train"]),
+            n_bins=cfg.evaluation.calibration_bins,
+            truth=raw_aliccp.load_truth(split),
+            with_predictions=cfg.runtime.auto_eval_save_preds,
+        )
+        log.info("auto_eval (%s, %s): %s", split, cfg.runtime.auto_eval_ckpt, summarise(metrics))
+        summary["auto_eval"] = {"split": split, "checkpoint": cfg.runtime.auto_eval_ckpt, **metrics}
+        if p is not None:
+            preds = p
+    return result.checkpoint, result.history, summary, preds

@@ -1,0 +1,399 @@
+"""The training loop: steps, schedules, validation, best checkpoint, diagnostics, resume.
+
+A step is: gather a batch (tensor ops, sizes known on the host), forward under autocast, fp32
+losses, backward, clip, two optimiser steps, two scheduler steps. Loss components are summed on
+the device and read back only at log steps, so the loop does not wait on the GPU between logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from rec_pipeline.config import Config
+from rec_pipeline.data.batches import SplitData
+from rec_pipeline.metrics.evaluate import flat_metrics
+from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
+from rec_pipeline.train.diagnostics import health_metrics, task_gradient_stats
+from rec_pipeline.train.inference import autocast, evaluate_split, summarise
+from rec_pipeline.train.losses import PosWeights, compute_losses
+from rec_pipeline.train.optim import build_optimizers
+from rec_pipeline.train.schedules import build_lr_schedulers, resolve_total_steps
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``cuda`` falls back to the CPU with a warning; ``auto`` picks CUDA when present."""
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        log.warning("runtime.device is 'cuda' but no GPU is available: training on the CPU.")
+    return torch.device("cpu")
+
+
+def resolve_amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it (fp16 otherwise); no autocast on the CPU."""
+    if not cfg.runtime.amp or device.type != "cuda":
+        return None
+    if cfg.runtime.amp_dtype == "fp16":
+        return torch.float16
+    if cfg.runtime.amp_dtype == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def model_meta_from_metadata(metadata: dict) -> ModelMeta:
+    """The model's view of the data: field order, table sizes, training positive rates."""
+    fields = metadata["fields"]
+    train = metadata["splits"]["train"]
+    return ModelMeta(
+        skeleton_fields=[f["name"] for f in fields if f["side"] == "skeleton"],
+        common_fields=[f["name"] for f in fields if f["side"] == "common"],
+        vocab_sizes={f["name"]: int(f["vocab_size"]) for f in fields},
+        prior_rates={
+            "ctr": float(np.clip(train["ctr"] or 0.05, 1e-6, 1 - 1e-6)),
+            "cvr": float(np.clip(train["cvr"] or 0.01, 1e-6, 1 - 1e-6)),
+        },
+    )
+
+
+@dataclass
+class History:
+    """Long-format metric history: (step, kind, name, value) rows."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, step: int, kind: str, values: dict) -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            self.rows.append({"step": int(step), "kind": kind, "name": name, "value": float(value)})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["step", "kind", "name", "value"])
+
+
+@dataclass
+class TrainResult:
+    checkpoint: dict
+    history: pd.DataFrame
+    summary: dict
+    eval_metrics: dict | None = None
+    eval_predictions: pd.DataFrame | None = None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        metadata: dict,
+        train: SplitData,
+        valid: SplitData | None,
+        *,
+        resume: dict | None = None,
+    ):
+        self.cfg = cfg
+        self.metadata = metadata
+        self.train_data = train
+        self.valid_data = valid
+        self.device = train.device
+        self.amp_dtype = resolve_amp_dtype(cfg, self.device)
+        self.meta = model_meta_from_metadata(metadata)
+        torch.manual_seed(cfg.runtime.seed)
+        self.model = build_model(cfg, self.meta).to(self.device)
+        self.opt = build_optimizers(self.model, cfg)
+        bs = cfg.data.batch_size
+        n = len(train)
+        self.steps_per_epoch = n // bs if cfg.data.drop_last else math.ceil(n / bs)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"training split has {n} rows: fewer than one batch of {bs}")
+        self.total_steps = resolve_total_steps(cfg, self.steps_per_epoch)
+        self.stop_step = cfg.runtime.epochs * self.steps_per_epoch
+        if cfg.runtime.max_train_steps:
+            self.stop_step = min(self.stop_step, cfg.runtime.max_train_steps)
+        self.sched_dense, self.sched_sparse = build_lr_schedulers(
+            self.opt.dense, self.opt.sparse, cfg, self.total_steps
+        )
+        self.pos_weights = PosWeights(cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.history = History()
+        self.step = 0
+        self.best: dict | None = None
+        self.keep_prob = float(metadata.get("neg_keep_prob_train", 1.0))
+        if resume is not None:
+            self._restore(resume)
+        counts = parameter_counts(self.model)
+        log.info(
+            "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
+            "LR schedule over %d steps.",
+            f"{sum(p.numel() for p in self.model.parameters()):,}",
+            f"{sum(v for k, v in counts.items() if not k.startswith('embedding')):,}",
+            self.device,
+            self.amp_dtype,
+            self.steps_per_epoch,
+            self.stop_step,
+            self.total_steps,
+        )
+        self.param_counts = counts
+
+    # ------------------------------------------------------------------------------- state
+    def _state(self) -> dict:
+        st = {
+            "step": self.step,
+            "state_dict": _cpu_state(self.model),
+            "optimizers": self.opt.state_dict(),
+            "sched_dense": self.sched_dense.state_dict() if self.sched_dense else None,
+            "sched_sparse": self.sched_sparse.state_dict() if self.sched_sparse else None,
+            "pos_weights": self.pos_weights.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "history": list(self.history.rows),
+            "best": self.best,
+        }
+        if self.device.type == "cuda":
+            st["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return st
+
+    def _restore(self, ckpt: dict) -> None:
+        last = ckpt.get("last")
+        if last is None:
+            raise ValueError(
+                "runtime.resume_path: the checkpoint has no resumable state (train it with "
+                "runtime.save_last: true)"
+            )
+        self.model.load_state_dict(last["state_dict"])
+        self.opt.load_state_dict(last["optimizers"])
+        if self.sched_dense and last["sched_dense"]:
+            self.sched_dense.load_state_dict(last["sched_dense"])
+        if self.sched_sparse and last["sched_sparse"]:
+            self.sched_sparse.load_state_dict(last["sched_sparse"])
+        self.pos_weights.load_state_dict(last["pos_weights"])
+        self.scaler.load_state_dict(last["scaler"])
+        torch.set_rng_state(last["rng_torch"])
+        if self.device.type == "cuda" and "rng_cuda" in last:
+            torch.cuda.set_rng_state(last["rng_cuda"], self.device)
+        self.history.rows = list(last["history"])
+        self.best = last["best"]
+        self.step = int(last["step"])
+        log.info("Resumed at step %d.", self.step)
+
+    # ---------------------------------------------------------------------------- training
+    def fit(self) -> TrainResult:
+        cfg, rt = self.cfg, self.cfg.runtime
+        bs = cfg.data.batch_size
+        bar = tqdm(
+            total=self.stop_step,
+            initial=self.step,
+            disable=not rt.progress_bar,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        sums: dict[str, torch.Tensor] = {}
+        n_in_window, t_window, rows_window = 0, time.perf_counter(), 0
+        t_start = time.perf_counter()
+        self.model.train()
+        while self.step < self.stop_step:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            rng = np.random.default_rng([rt.seed, epoch])
+            for batch in self.train_data.iter_batches(
+                bs, shuffle=True, generator=rng, drop_last=cfg.data.drop_last, start=skip
+            ):
+                if self.step >= self.stop_step:
+                    break
+                comps = self._train_step(batch)
+                for k, v in comps.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                n_in_window += 1
+                rows_window += batch.size
+                self.step += 1
+                bar.update(1)
+                if self.step % rt.log_every == 0 or self.step == self.stop_step:
+                    means = {k: float(v) / n_in_window for k, v in sums.items()}
+                    dt = time.perf_counter() - t_window
+                    means["samples_per_s"] = rows_window / max(dt, 1e-9)
+                    means.update(self._schedule_values())
+                    self.history.add(self.step, "train", means)
+                    bar.set_postfix(
+                        loss=f"{means['loss_total']:.4f}", sps=f"{means['samples_per_s']:,.0f}"
+                    )
+                    log.info(
+                        "step %d/%d loss %.5f (ctr %.4f ctcvr %.4f) lr %.2e %.0f samples/s",
+                        self.step,
+                        self.stop_step,
+                        means["loss_total"],
+                        means.get("loss_ctr", float("nan")),
+                        means.get("loss_ctcvr", means.get("loss_cvr", float("nan"))),
+                        means["lr_dense"],
+                        means["samples_per_s"],
+                    )
+                    sums, n_in_window, rows_window = {}, 0, 0
+                    t_window = time.perf_counter()
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                if (
+                    self.step % self.cfg.valid_every == 0
+                    or end_of_epoch
+                    or self.step == self.stop_step
+                ):
+                    self._validate()
+                    t_window = time.perf_counter()  # validation time is not training throughput
+        bar.close()
+        elapsed = time.perf_counter() - t_start
+        return self._result(elapsed)
+
+    def _schedule_values(self) -> dict[str, float]:
+        out = {"lr_dense": self.opt.dense.param_groups[0]["lr"]}
+        if self.opt.sparse is not None:
+            out["lr_sparse"] = self.opt.sparse.param_groups[0]["lr"]
+        for task, w in self.pos_weights.current(self.step).items():
+            out[f"pos_weight_{task}"] = w
+        return out
+
+    def _train_step(self, batch) -> dict[str, torch.Tensor]:
+        cfg, rt = self.cfg, self.cfg.runtime
+        with autocast(self.device, self.amp_dtype):
+            out = self.model(batch)
+        self.pos_weights.observe(batch.click, batch.conversion)
+        pw = self.pos_weights.current(self.step)
+        res = compute_losses(
+            out, batch.click, batch.conversion, step=self.step, cfg=cfg, pos_weight=pw
+        )
+        diag_step = rt.grad_diag_enabled and self.step % self.cfg.grad_diag_every == 0
+        if diag_step and len(cfg.model.tasks) >= rt.grad_diag_min_tasks:
+            stats = task_gradient_stats(self.model, self._task_losses(res))
+            self.history.add(self.step, "grad", stats)
+        if rt.log_health_metrics and (self.step + 1) % rt.log_every == 0:
+            with torch.no_grad():
+                self.history.add(
+                    self.step + 1, "health", health_metrics(out, batch.click, batch.conversion)
+                )
+        self.opt.zero_grad()
+        self.scaler.scale(res.total).backward()
+        if rt.grad_clip_norm:
+            self.scaler.unscale_(self.opt.dense)
+            # Dense parameters only: the embedding tables' gradients are sparse rows.
+            torch.nn.utils.clip_grad_norm_(
+                self.opt.dense.param_groups[0]["params"], rt.grad_clip_norm
+            )
+        self.scaler.step(self.opt.dense)
+        if self.opt.sparse is not None:
+            self.opt.sparse.step()
+        self.scaler.update()
+        if self.sched_dense is not None:
+            self.sched_dense.step()
+        if self.sched_sparse is not None:
+            self.sched_sparse.step()
+        comps = {k: v.detach() for k, v in res.components.items()}
+        comps["loss_total"] = res.total.detach()
+        return comps
+
+    def _task_losses(self, res) -> dict[str, torch.Tensor]:
+        c = res.components
+        if self.cfg.use_esmm:
+            return {
+                "ctr": c["loss_ctr"],
+                "cvr": c["loss_ctcvr"] + self.cfg.esmm.lambda_cvr_aux * c["loss_cvr_aux"],
+            }
+        return {"ctr": c["loss_ctr"], "cvr": c["loss_cvr"]}
+
+    # -------------------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        if self.valid_data is None or len(self.valid_data) == 0:
+            return
+        rt = self.cfg.runtime
+        metrics, _ = evaluate_split(
+            self.model,
+            self.valid_data,
+            batch_size=rt.valid_batch_size or max(self.cfg.data.batch_size, 8192),
+            esmm=self.cfg.use_esmm,
+            keep_prob=self.keep_prob,
+            n_bins=10,
+            amp_dtype=self.amp_dtype,
+            max_batches=rt.max_valid_steps,
+        )
+        flat = flat_metrics(metrics)
+        self.history.add(self.step, "valid", flat)
+        log.info("valid @ step %d: %s", self.step, summarise(metrics))
+        primary = metrics.get("auc_primary")
+        if primary is not None and (
+            self.best is None or primary > self.best["metrics"]["auc_primary"]
+        ):
+            self.best = {"step": self.step, "metrics": flat, "state_dict": _cpu_state(self.model)}
+
+    # ------------------------------------------------------------------------------ result
+    def _result(self, elapsed: float) -> TrainResult:
+        last_state = self._state() if self.cfg.runtime.save_last else None
+        if self.best is None:
+            # No validation split (or no AUC yet): the last weights are the best we have.
+            self.best = {"step": self.step, "metrics": {}, "state_dict": _cpu_state(self.model)}
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.model_dump(mode="json", by_alias=True),
+            "metadata": self.metadata,
+            "model_meta": {
+                "skeleton_fields": self.meta.skeleton_fields,
+                "common_fields": self.meta.common_fields,
+                "vocab_sizes": self.meta.vocab_sizes,
+                "prior_rates": self.meta.prior_rates,
+            },
+            "parameter_counts": self.param_counts,
+            "best": self.best,
+            "last": last_state,
+        }
+        train_rows = len(self.train_data)
+        summary = {
+            "steps": self.step,
+            "epochs_equivalent": self.step / self.steps_per_epoch,
+            "train_rows": train_rows,
+            "seconds": elapsed,
+            "device": str(self.device),
+            "amp_dtype": str(self.amp_dtype),
+            "best_step": self.best["step"],
+            "best_metrics": self.best["metrics"],
+            "parameter_counts": self.param_counts,
+        }
+        if self.device.type == "cuda":
+            summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return TrainResult(checkpoint=checkpoint, history=self.history.frame(), summary=summary)
+
+
+def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -> torch.nn.Module:
+    """Rebuild the model from a checkpoint alone (config + model meta + weights)."""
+    from rec_pipeline.config import load_config
+
+    cfg = load_config(checkpoint["config"])
+    mm = checkpoint["model_meta"]
+    meta = ModelMeta(
+        skeleton_fields=list(mm["skeleton_fields"]),
+        common_fields=list(mm["common_fields"]),
+        vocab_sizes=dict(mm["vocab_sizes"]),
+        prior_rates=dict(mm["prior_rates"]),
+    )
+    model = build_model(cfg, meta)
+    entry = checkpoint.get(which)
+    if entry is None:
+        raise ValueError(
+            f"the checkpoint has no '{which}' weights"
+            + (" (train with runtime.save_last: true)" if which == "last" else "")
+        )
+    model.load_state_dict(entry["state_dict"])
+    return model.to(device).eval()
+
+
+def deepcopy_config(cfg: Config) -> Config:
+    return copy.deepcopy(cfg)

@@ -1,0 +1,299 @@
+"""Vocabularies, the group split, negative sampling, encoding and the tensor loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from rec_pipeline.data.batches import Jagged, SplitData
+from rec_pipeline.data.encode import (
+    CommonIndex,
+    SampleEncoding,
+    SplitStats,
+    count_training_ids,
+    encode_commons,
+    encode_samples,
+    split_train_rows,
+)
+from rec_pipeline.data.sampling import negative_keep_mask, valid_group_mask
+from rec_pipeline.data.shards import ShardSet, ShardWriter
+from rec_pipeline.data.vocab import IdCounter, Vocabulary, vocabulary_frame
+
+SK = ["205", "210"]
+CM = ["101", "109_14"]
+
+
+def _lists(rows: list[list], typ) -> pa.Array:
+    return pa.array(rows, pa.list_(typ))
+
+
+def parsed_samples(rng: np.random.Generator, n: int, n_groups: int) -> pa.Table:
+    groups = np.sort(rng.integers(0, n_groups, n))
+    click = (rng.random(n) < 0.2).astype(np.int8)
+    conv = (click & (rng.random(n) < 0.3)).astype(np.int8)
+    item = [[int(x)] for x in rng.integers(10**9, 10**9 + 50, n)]
+    multi = [list(rng.integers(5, 40, rng.integers(0, 4)).tolist()) for _ in range(n)]
+    return pa.table(
+        {
+            "sample_id": pa.array(np.arange(n, dtype=np.int64)),
+            "click": pa.array(click),
+            "conversion": pa.array(conv),
+            "common_feature_index": pa.array([f"g{g:06d}".encode() for g in groups], pa.binary()),
+            "id_205": _lists(item, pa.int64()),
+            "w_205": _lists([[1.0]] * n, pa.float32()),
+            "id_210": _lists(multi, pa.int64()),
+            "w_210": _lists([[0.5] * len(m) for m in multi], pa.float32()),
+        }
+    )
+
+
+def parsed_commons(rng: np.random.Generator, n_groups: int) -> pa.Table:
+    users = [[int(u)] for u in rng.integers(1, 30, n_groups)]
+    beh = [list(rng.integers(100, 200, rng.integers(0, 12)).tolist()) for _ in range(n_groups)]
+    return pa.table(
+        {
+            "common_feature_index": pa.array(
+                [f"g{g:06d}".encode() for g in range(n_groups)], pa.binary()
+            ),
+            "id_101": _lists(users, pa.int64()),
+            "w_101": _lists([[1.0]] * n_groups, pa.float32()),
+            "id_109_14": _lists(beh, pa.int64()),
+            "w_109_14": _lists([rng.random(len(b)).tolist() for b in beh], pa.float32()),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ vocabulary
+def test_vocabulary_min_count_oov_and_order():
+    c = IdCounter()
+    c.add("f0_205", np.array([7, 7, 7, 9, 9, 3, 11], np.int64))
+    c.add("f0_205", np.array([3, 3, 12], np.int64))  # merged across chunks
+    frame = vocabulary_frame(c, ["f0_205"], min_count=2, max_size={}, hash_buckets={})
+    # counts: 3->3, 7->3, 9->2; 11 and 12 seen once: dropped. Ties by raw id.
+    assert frame["raw_id"].tolist() == [3, 7, 9]
+    assert frame["index"].tolist() == [1, 2, 3]
+    v = Vocabulary(frame)
+    assert v.size("f0_205") == 4
+    got = v.lookup("f0_205", np.array([9, 3, 11, 7, 10**10], np.int64))
+    assert got.tolist() == [3, 1, 0, 2, 0]  # unseen and rare ids -> 0 (OOV)
+
+
+def test_vocabulary_cap_and_hashing():
+    c = IdCounter()
+    c.add("f0_205", np.repeat(np.arange(10), np.arange(10, 0, -1)))
+    frame = vocabulary_frame(c, ["f0_205"], min_count=1, max_size={"f0_205": 4}, hash_buckets={})
+    assert frame["raw_id"].tolist() == [0, 1, 2]  # 3 ids + index 0 = 4 rows
+    v = Vocabulary(frame, hash_buckets={"f1_101": 16})
+    h = v.lookup("f1_101", np.arange(10_000, dtype=np.int64) * 7919)
+    assert h.min() >= 1 and h.max() <= 16 and v.size("f1_101") == 17
+    assert len(np.unique(h)) == 16  # every bucket used
+    assert not frame["field"].eq("f1_101").any()
+
+
+def test_vocabulary_fingerprint_changes_with_content():
+    c = IdCounter()
+    c.add("f0_205", np.array([1, 2, 2], np.int64))
+    a = Vocabulary(vocabulary_frame(c, ["f0_205"], min_count=1, max_size={}, hash_buckets={}))
+    b = Vocabulary(vocabulary_frame(c, ["f0_205"], min_count=2, max_size={}, hash_buckets={}))
+    assert a.fingerprint != b.fingerprint
+
+
+# ------------------------------------------------------------------------ split + sampling
+def test_group_split_is_deterministic_and_leaks_no_group():
+    rng = np.random.default_rng(0)
+    t = parsed_samples(rng, 20_000, 2_000)
+    m1 = valid_group_mask(t.column("common_feature_index"), 0.2, seed=5)
+    # Different chunking gives the same assignment.
+    m2 = np.concatenate(
+        [
+            valid_group_mask(t.slice(s, 3000).column("common_feature_index"), 0.2, 5)
+            for s in range(0, 20_000, 3000)
+        ]
+    )
+    assert np.array_equal(m1, m2)
+    keys = np.asarray(t.column("common_feature_index").to_pylist(), dtype=object)
+    assert not set(keys[m1]) & set(keys[~m1])
+    n_valid_groups = len(set(keys[m1]))
+    assert abs(n_valid_groups / 2000 - 0.2) < 0.035  # ~4 sigma of a binomial(2000, 0.2)
+    assert not np.array_equal(m1, valid_group_mask(t.column("common_feature_index"), 0.2, 6))
+
+
+def test_negative_sampling_keeps_fraction_and_only_training_negatives():
+    rng = np.random.default_rng(1)
+    t = parsed_samples(rng, 60_000, 3_000)
+    enc = SampleEncoding()
+    keep_train, valid = split_train_rows(
+        t, valid_fraction=0.25, seed=3, keep_prob=0.4, chunk=0, enc=enc
+    )
+    click = t.column("click").to_numpy()
+    assert not (keep_train & valid).any()
+    train = ~valid
+    assert keep_train[train & (click == 1)].all()  # positives never dropped
+    neg = train & (click == 0)
+    frac = keep_train[neg].mean()
+    sd = np.sqrt(0.4 * 0.6 / neg.sum())
+    assert abs(frac - 0.4) < 5 * sd
+    assert enc.negatives_seen == neg.sum() and enc.negatives_kept == keep_train[neg].sum()
+    # Same seed and chunk: same rows; another chunk index: different rows.
+    assert np.array_equal(
+        negative_keep_mask(click, 0.4, 3, 0), negative_keep_mask(click, 0.4, 3, 0)
+    )
+    assert not np.array_equal(
+        negative_keep_mask(click, 0.4, 3, 0), negative_keep_mask(click, 0.4, 3, 1)
+    )
+
+
+def test_vocabulary_counts_training_split_only():
+    rng = np.random.default_rng(2)
+    s = parsed_samples(rng, 5_000, 500)
+    c = parsed_commons(rng, 500)
+    counter = count_training_ids([s], [c], SK, CM, valid_fraction=0.3, seed=9)
+    valid = valid_group_mask(s.column("common_feature_index"), 0.3, 9)
+    items = np.array([x[0] for x in s.column("id_205").to_pylist()])
+    expect_k, expect_c = np.unique(items[~valid], return_counts=True)
+    assert np.array_equal(counter.keys["f0_205"], expect_k)
+    assert np.array_equal(counter.counts["f0_205"], expect_c)
+    cvalid = valid_group_mask(c.column("common_feature_index"), 0.3, 9)
+    assert counter.counts["f1_101"].sum() == (~cvalid).sum()
+
+
+# --------------------------------------------------------------------------------- encoding
+def test_encode_links_commons_and_counts_missing_records():
+    rng = np.random.default_rng(3)
+    commons = parsed_commons(rng, 50)
+    samples = parsed_samples(rng, 400, 60)  # groups 50..59 have no common record
+    counter = count_training_ids([samples], [commons], SK, CM, valid_fraction=0.01, seed=1)
+    vocab = Vocabulary(
+        vocabulary_frame(
+            counter,
+            ["f0_205", "f0_210", "f1_101", "f1_109_14"],
+            min_count=1,
+            max_size={},
+            hash_buckets={},
+        )
+    )
+    idx = CommonIndex()
+    idx.extend(commons.column("common_feature_index"))
+    enc_c = encode_commons(commons, CM, vocab, SplitStats())
+    st, enc = SplitStats(), SampleEncoding()
+    out = encode_samples(samples, SK, vocab, idx, st, enc)
+    keys = np.asarray(samples.column("common_feature_index").to_pylist(), dtype=object)
+    groups = np.array([int(k[1:]) for k in keys])
+    assert enc.missing_common == (groups >= 50).sum() > 0
+    assert out.num_rows == (groups < 50).sum() == st.rows
+    # common_row points at the right record
+    rows = out.column("common_row").to_numpy()
+    assert np.array_equal(rows, groups[groups < 50])
+    assert enc_c.column("common_feature_index").to_pylist()[rows[0]] == keys[groups < 50][0]
+    # ids are vocabulary rows, lists keep their lengths and weights
+    raw = samples.filter(pa.array(groups < 50)).column("id_210").to_pylist()
+    got = out.column("id_210").to_pylist()
+    assert [len(r) for r in raw] == [len(g) for g in got]
+    flat = np.concatenate([np.asarray(r, np.int64) for r in raw if r])
+    assert np.array_equal(vocab.lookup("f0_210", flat), np.concatenate([g for g in got if g]))
+
+
+# ------------------------------------------------------------------------------ the loader
+def _write(tmp_path, name, table) -> ShardSet:
+    w = ShardWriter(tmp_path / name)
+    w.reset()
+    half = table.num_rows // 2
+    w.write(table.slice(0, half))
+    w.write(table.slice(half))
+    return ShardSet(tmp_path / name)
+
+
+def _encoded(tmp_path):
+    rng = np.random.default_rng(4)
+    commons = parsed_commons(rng, 40)
+    samples = parsed_samples(rng, 300, 40)
+    vocab = Vocabulary(
+        vocabulary_frame(
+            count_training_ids([samples], [commons], SK, CM, valid_fraction=0.01, seed=1),
+            ["f0_205", "f0_210", "f1_101", "f1_109_14"],
+            min_count=1,
+            max_size={},
+            hash_buckets={},
+        )
+    )
+    idx = CommonIndex()
+    idx.extend(commons.column("common_feature_index"))
+    ec = encode_commons(commons, CM, vocab, SplitStats())
+    es = encode_samples(samples, SK, vocab, idx, SplitStats(), SampleEncoding())
+    return _write(tmp_path, "s", es), _write(tmp_path, "c", ec), es, ec
+
+
+def _row_values(table: pa.Table, fields: list[str], r: int):
+    """Brute force: (ids, field positions, weights) of row r, fields in order."""
+    ids, fl, w = [], [], []
+    for j, f in enumerate(fields):
+        a = table.column(f"id_{f}")[r].as_py()
+        ids += a
+        fl += [j] * len(a)
+        w += table.column(f"w_{f}")[r].as_py()
+    return ids, fl, w
+
+
+def test_jagged_interleave_matches_row_loop(tmp_path):
+    shards, _, table, _ = _encoded(tmp_path)
+    jag, extra = Jagged.from_shards(shards, SK, extra=("sample_id",))
+    assert np.array_equal(extra["sample_id"], table.column("sample_id").to_numpy())
+    for r in range(table.num_rows):
+        a, b = jag.row_ptr[r].item(), jag.row_ptr[r + 1].item()
+        ids, fl, w = _row_values(table, SK, r)
+        assert jag.ids[a:b].tolist() == ids
+        assert jag.fields[a:b].tolist() == fl
+        assert np.allclose(jag.weights[a:b].numpy(), w)
+
+
+def test_batch_gather_matches_brute_force(tmp_path):
+    shards, cshards, table, ctable = _encoded(tmp_path)
+    commons, _ = Jagged.from_shards(cshards, CM)
+    data = SplitData(shards, commons, SK, "cpu")
+    rows = np.array([5, 17, 3, 3, 250, 0], np.int64)
+    b = data.batch(rows)
+    assert b.click.tolist() == table.column("click").to_numpy()[rows].astype(float).tolist()
+    for i, r in enumerate(rows):
+        m = b.sk_rows == i
+        ids, fl, w = _row_values(table, SK, int(r))
+        assert b.sk_ids[m].tolist() == ids and b.sk_fields[m].tolist() == fl
+        crow = table.column("common_row")[int(r)].as_py()
+        u = b.cm_inverse[i].item()
+        cm = b.cm_rows == u
+        cids, cfl, cw = _row_values(ctable, CM, crow)
+        assert b.cm_ids[cm].tolist() == cids and b.cm_fields[cm].tolist() == cfl
+        assert np.allclose(b.cm_weights[cm].numpy(), cw)
+    # distinct common records are pooled once
+    assert len(torch.unique(b.cm_rows)) <= len(set(table.column("common_row").to_numpy()[rows]))
+
+
+def test_iter_batches_covers_every_row_once(tmp_path):
+    shards, cshards, table, _ = _encoded(tmp_path)
+    commons, _ = Jagged.from_shards(cshards, CM)
+    data = SplitData(shards, commons, SK, "cpu")
+    seen = torch.cat(
+        [b.index for b in data.iter_batches(64, shuffle=True, generator=np.random.default_rng(0))]
+    )
+    assert sorted(seen.tolist()) == list(range(table.num_rows))
+    resumed = torch.cat(
+        [
+            b.index
+            for b in data.iter_batches(
+                64, shuffle=True, generator=np.random.default_rng(0), start=2
+            )
+        ]
+    )
+    assert torch.equal(resumed, seen[128:])
+
+
+@pytest.mark.parametrize("n", [0])
+def test_empty_split_loads(tmp_path, n):
+    shards, cshards, table, _ = _encoded(tmp_path)
+    w = ShardWriter(tmp_path / "empty")
+    w.reset()
+    w.write(table.slice(0, 0))
+    commons, _ = Jagged.from_shards(cshards, CM)
+    data = SplitData(ShardSet(tmp_path / "empty"), commons, SK, "cpu")
+    assert len(data) == n and list(data.iter_batches(8)) == []
