@@ -428,7 +428,6 @@ class RuntimeConfig(_Model):
     save_last: bool = False
     progress_bar: bool = True
     valid_batch_size: int | None = Field(None, gt=0)
-    deterministic: bool = False
 
 
 class EvaluationConfig(_Model):

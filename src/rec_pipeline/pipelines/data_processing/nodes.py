@@ -15,7 +15,13 @@ import pandas as pd
 import pyarrow as pa
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.aliccp import COMMON_KIND, SKELETON_KIND, FileParser, quarantine_schema
+from rec_pipeline.data.aliccp import (
+    COMMON_KIND,
+    QUARANTINE_SCHEMA,
+    SKELETON_KIND,
+    FileParser,
+    rows_schema,
+)
 from rec_pipeline.data.encode import (
     COMMON_PREFIX,
     SKELETON_PREFIX,
@@ -54,24 +60,28 @@ def parse_raw_files(raw_aliccp: RawFiles, parameters: dict[str, Any]) -> Iterato
         ("test_commons", raw_aliccp.common("test"), COMMON_KIND, fields.common),
         ("test_samples", raw_aliccp.skeleton("test"), SKELETON_KIND, fields.skeleton),
     ]
-    empties = {name: _empty_parsed(kind, flds) for name, _, kind, flds in jobs}
+    empties = {name: rows_schema(kind, flds).empty_table() for name, _, kind, flds in jobs}
     for name, path, kind, flds in jobs:
         parser = FileParser(path, kind, flds, chunk_bytes=chunk_bytes)
         for rows, quarantine in parser.chunks():
-            reports[name] = parser.report.as_dict()
+            reports[name] = parser.report.to_dict()
             outs = [rows if o == name else empties[o] for o in PARSE_OUTPUTS]
             yield (*outs, quarantine, {"files": dict(reports)})
-        reports[name] = parser.report.as_dict()
-        log.info("Parsed %s: %s", path, parser.report.summary())
+        reports[name] = parser.report.to_dict()
+        log.info(
+            "Parsed %s: %d valid rows, %d rejected %s, unknown fields %s",
+            path,
+            parser.report.valid_rows,
+            parser.report.rejected,
+            parser.report.counts,
+            parser.report.unknown_fields,
+        )
+        parser.report.raise_if_no_rows()
     yield (
         *[empties[o] for o in PARSE_OUTPUTS],
-        quarantine_schema().empty_table(),
+        QUARANTINE_SCHEMA.empty_table(),
         {"files": reports},
     )
-
-
-def _empty_parsed(kind: str, fields) -> pa.Table:
-    return FileParser.schema(kind, fields).empty_table()
 
 
 def build_vocabularies(
@@ -238,7 +248,7 @@ def build_data_quality_report(parse_report: dict, encode_report: dict) -> dict:
     files = parse_report["files"]
     totals: dict[str, int] = {}
     for rep in files.values():
-        for reason, n in rep.get("rejected", {}).items():
+        for reason, n in rep.get("counts", {}).items():
             totals[reason] = totals.get(reason, 0) + n
     return {
         "parse": files,

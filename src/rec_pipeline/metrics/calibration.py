@@ -1,0 +1,173 @@
+"""Log loss, calibration bins and the negative-sampling correction.
+
+Everything here works on host memory in float64 (inputs may be NumPy arrays, sequences or torch
+tensors on any device; tensors are copied to the host). Large inputs are processed in chunks so
+the float64 temporaries stay bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None  # type: ignore[assignment]
+
+__all__ = [
+    "DEFAULT_EPS",
+    "bin_index",
+    "calibration_bins",
+    "correct_negative_sampling",
+    "logloss",
+    "to_numpy",
+]
+
+#: Probabilities are clipped to ``[eps, 1 - eps]`` before taking logs.
+DEFAULT_EPS = 1e-7
+_CHUNK = 1 << 22  # 4M rows per float64 chunk
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Flat NumPy view/copy of an array-like or torch tensor (bf16 is widened to float32)."""
+    if torch is not None and isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return t.numpy().reshape(-1)
+    return np.asarray(x).reshape(-1)
+
+
+def _check_same_length(p: np.ndarray, y: np.ndarray) -> None:
+    if p.size != y.size:
+        raise ValueError(f"predictions and labels differ in length: {p.size} != {y.size}")
+
+
+def logloss(p: Any, y: Any, eps: float = DEFAULT_EPS) -> float | None:
+    """Mean binary cross-entropy of probabilities ``p`` against labels ``y`` (natural log).
+
+    ``p`` is clipped to ``[eps, 1 - eps]``; accumulation is in float64 and chunked. ``y`` may be
+    soft labels in [0, 1]. Returns ``None`` for empty input.
+    """
+    p = to_numpy(p)
+    y = to_numpy(y)
+    _check_same_length(p, y)
+    if p.size == 0:
+        return None
+    if not 0.0 <= eps < 0.5:
+        raise ValueError("eps must be in [0, 0.5)")
+    total = 0.0
+    for start in range(0, p.size, _CHUNK):
+        pc = np.clip(p[start : start + _CHUNK].astype(np.float64), eps, 1.0 - eps)
+        yc = y[start : start + _CHUNK].astype(np.float64)
+        total += float(np.sum(yc * np.log(pc) + (1.0 - yc) * np.log1p(-pc)))
+    return -total / p.size
+
+
+def correct_negative_sampling(q: Any, keep_prob: float) -> Any:
+    """Undo negative down-sampling: ``p = q / (q + (1 - q) / keep_prob)``.
+
+    ``q`` is the probability predicted by a model trained on data where each negative was kept
+    with probability ``keep_prob``; ``p`` is the probability on the unsampled population.
+    Accepts floats, NumPy arrays and torch tensors (the result keeps the input's type, device and
+    floating dtype; NumPy integer input gives float64). ``keep_prob == 1`` returns ``q`` unchanged.
+    """
+    keep = float(keep_prob)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
+    if keep == 1.0:
+        return q
+    if torch is not None and isinstance(q, torch.Tensor):
+        return q / (q + (1.0 - q) / keep)
+    if np.isscalar(q):
+        qf = float(q)
+        return qf / (qf + (1.0 - qf) / keep)
+    qa = np.asarray(q)
+    if qa.dtype.kind != "f":
+        qa = qa.astype(np.float64)
+    return qa / (qa + (1.0 - qa) / keep)
+
+
+def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    if strategy == "uniform":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    if strategy == "quantile":
+        edges = np.quantile(p.astype(np.float64), np.linspace(0.0, 1.0, n_bins + 1))
+        return np.unique(edges)  # ties collapse bins
+    raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}")
+
+
+def bin_index(
+    p: Any, n_bins: int = 10, strategy: str = "quantile"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bin assignment used by :func:`calibration_bins`: ``(index per row, edges)``.
+
+    Bin ``i`` holds ``edges[i] <= p < edges[i + 1]``; the last bin is closed on the right and
+    values outside the edges go to the first/last bin.
+    """
+    p = to_numpy(p)
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    if p.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    edges = _bin_edges(p, n_bins, strategy)
+    n_real = max(edges.size - 1, 1)
+    idx = np.searchsorted(edges, p.astype(np.float64), side="right") - 1
+    np.clip(idx, 0, n_real - 1, out=idx)
+    if edges.size == 1:  # all values equal under the quantile strategy
+        edges = np.array([edges[0], edges[0]])
+    return idx.astype(np.int64, copy=False), edges
+
+
+def calibration_bins(
+    p: Any,
+    y: Any,
+    n_bins: int = 10,
+    strategy: str = "quantile",
+    extra: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Reliability table: predicted vs observed positive rate per bin of ``p``.
+
+    ``strategy="quantile"`` uses quantile edges of ``p`` (tied edges merged, so fewer bins may
+    result); ``"uniform"`` uses ``n_bins`` equal-width bins over [0, 1]. Bin ``i`` holds
+    ``lo <= p < hi`` (last bin closed). Empty bins are omitted. Each bin is
+    ``{"lo", "hi", "n", "mean_pred", "observed"}`` with plain Python numbers; ``extra`` maps a key
+    to another per-row array whose per-bin mean is added under that key (e.g. the uncorrected
+    prediction).
+    """
+    p_np = to_numpy(p)
+    y_np = to_numpy(y)
+    _check_same_length(p_np, y_np)
+    idx, edges = bin_index(p_np, n_bins, strategy)
+    if idx.size == 0:
+        return []
+    n_real = edges.size - 1
+    counts = np.bincount(idx, minlength=n_real)
+    sum_p = np.bincount(idx, weights=p_np.astype(np.float64), minlength=n_real)
+    sum_y = np.bincount(idx, weights=y_np.astype(np.float64), minlength=n_real)
+    extra_sums: dict[str, np.ndarray] = {}
+    for key, values in (extra or {}).items():
+        v = to_numpy(values)
+        _check_same_length(p_np, v)
+        extra_sums[key] = np.bincount(idx, weights=v.astype(np.float64), minlength=n_real)
+    bins: list[dict[str, Any]] = []
+    for i in range(n_real):
+        n = int(counts[i])
+        if n == 0:
+            continue
+        row: dict[str, Any] = {
+            "lo": float(edges[i]),
+            "hi": float(edges[i + 1]),
+            "n": n,
+            "mean_pred": float(sum_p[i] / n),
+            "observed": float(sum_y[i] / n),
+        }
+        for key, sums in extra_sums.items():
+            row[key] = float(sums[i] / n)
+        bins.append(row)
+    return bins
