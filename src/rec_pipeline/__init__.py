@@ -1,4 +1,3 @@
-"""rec_pipeline
-"""
+"""rec_pipeline"""
 
 __version__ = "0.1"

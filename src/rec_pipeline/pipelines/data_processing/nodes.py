@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
 from rec_pipeline.config import load_config
 from rec_pipeline.data.aliccp import (
