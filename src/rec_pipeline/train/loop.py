@@ -7,7 +7,6 @@ the device and read back only at log steps, so the loop does not wait on the GPU
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -22,7 +21,11 @@ from rec_pipeline.config import Config
 from rec_pipeline.data.batches import SplitData
 from rec_pipeline.metrics.evaluate import flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
-from rec_pipeline.train.diagnostics import health_metrics, task_gradient_stats
+from rec_pipeline.train.diagnostics import (
+    health_metrics,
+    task_gradient_stats,
+    task_losses_for_diagnostics,
+)
 from rec_pipeline.train.inference import autocast, evaluate_split, summarise
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
@@ -126,9 +129,7 @@ class Trainer:
         self.stop_step = cfg.runtime.epochs * self.steps_per_epoch
         if cfg.runtime.max_train_steps:
             self.stop_step = min(self.stop_step, cfg.runtime.max_train_steps)
-        self.sched_dense, self.sched_sparse = build_lr_schedulers(
-            self.opt.dense, self.opt.sparse, cfg, self.total_steps
-        )
+        self.scheds = build_lr_schedulers(self.opt.dense, self.opt.sparse, cfg, self.total_steps)
         self.pos_weights = PosWeights(cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.history = History()
@@ -157,8 +158,7 @@ class Trainer:
             "step": self.step,
             "state_dict": _cpu_state(self.model),
             "optimizers": self.opt.state_dict(),
-            "sched_dense": self.sched_dense.state_dict() if self.sched_dense else None,
-            "sched_sparse": self.sched_sparse.state_dict() if self.sched_sparse else None,
+            "schedulers": self.scheds.state_dict(),
             "pos_weights": self.pos_weights.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng_torch": torch.get_rng_state(),
@@ -178,10 +178,7 @@ class Trainer:
             )
         self.model.load_state_dict(last["state_dict"])
         self.opt.load_state_dict(last["optimizers"])
-        if self.sched_dense and last["sched_dense"]:
-            self.sched_dense.load_state_dict(last["sched_dense"])
-        if self.sched_sparse and last["sched_sparse"]:
-            self.sched_sparse.load_state_dict(last["sched_sparse"])
+        self.scheds.load_state_dict(last["schedulers"])
         self.pos_weights.load_state_dict(last["pos_weights"])
         self.scaler.load_state_dict(last["scaler"])
         torch.set_rng_state(last["rng_torch"])
@@ -275,7 +272,9 @@ class Trainer:
         )
         diag_step = rt.grad_diag_enabled and self.step % self.cfg.grad_diag_every == 0
         if diag_step and len(cfg.model.tasks) >= rt.grad_diag_min_tasks:
-            stats = task_gradient_stats(self.model, self._task_losses(res))
+            stats = task_gradient_stats(
+                self.model, task_losses_for_diagnostics(res.components, cfg)
+            )
             self.history.add(self.step, "grad", stats)
         if rt.log_health_metrics and (self.step + 1) % rt.log_every == 0:
             with torch.no_grad():
@@ -294,22 +293,10 @@ class Trainer:
         if self.opt.sparse is not None:
             self.opt.sparse.step()
         self.scaler.update()
-        if self.sched_dense is not None:
-            self.sched_dense.step()
-        if self.sched_sparse is not None:
-            self.sched_sparse.step()
+        self.scheds.step()
         comps = {k: v.detach() for k, v in res.components.items()}
         comps["loss_total"] = res.total.detach()
         return comps
-
-    def _task_losses(self, res) -> dict[str, torch.Tensor]:
-        c = res.components
-        if self.cfg.use_esmm:
-            return {
-                "ctr": c["loss_ctr"],
-                "cvr": c["loss_ctcvr"] + self.cfg.esmm.lambda_cvr_aux * c["loss_cvr_aux"],
-            }
-        return {"ctr": c["loss_ctr"], "cvr": c["loss_cvr"]}
 
     # -------------------------------------------------------------------------- validation
     def _validate(self) -> None:
@@ -393,7 +380,3 @@ def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -
         )
     model.load_state_dict(entry["state_dict"])
     return model.to(device).eval()
-
-
-def deepcopy_config(cfg: Config) -> Config:
-    return copy.deepcopy(cfg)

@@ -1,0 +1,427 @@
+"""The DeepFM + MMoE multi-task model, assembled from :class:`~rec_pipeline.config.Config` alone.
+
+Notation: B batch, F fields, D = max embedding dim, E experts, T tasks.
+
+Data flow (SPEC §3)::
+
+    batch -> FusedFieldEmbedding -> emb_stack [B,F,D], emb_concat [B,sum d_f],
+                                    sum_emb / mean_emb [B,D], logit_linear [B]
+    emb_concat -> deep MLP -> deep_h [B, deep_out]
+    emb_stack  -> FM       -> fm_vec [B,D] (+ fm_logit [B] when a head adds it)
+    source = deep_h                                  (default mode)
+           = Linear(concat(deep_h, fm_vec) -> out_dim)   (legacy pseudo-DeepFM mode)
+    composer({deep_h: source, fm_vec?, emb?}) -> x [B, out_dim]
+    MMoE(x) -> mixed {task: [B,H]}, gates {task: [B,E]}
+    head_t(mixed[t]) (+ logit_linear if per_head_add[t].use_wide) (+ fm_logit if .use_fm)
+
+MMoE input width. The seed's walk-through draws the adapter as ``Linear(384 -> 128) -> ReLU ->
+Dropout(0.1) -> Linear(128 -> 128)`` for ``adapter_mlp_dims: [128]`` and ``out_dim: 128``: the
+listed dims are hidden layers and a bare output Linear maps to ``backbone.out_dim``, exactly like
+the heads (``mlp_dims`` hidden, then ``Linear(-> 1)``). So the MMoE input width is always
+``backbone.out_dim``; ``adapter_mlp_dims: []`` leaves a single ``Linear(fused -> out_dim)``. The
+adapter's dropout is the seed's 0.1 (:data:`ADAPTER_DROPOUT`; the config has no key for it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+from .embedding import BatchLike, FusedFieldEmbedding
+from .fm import FMLayer
+from .heads import TaskHead
+from .mlp import MLP, linear_parameter_count, mlp_parameter_count
+from .mmoe import MMoE, MMoEInputComposer
+
+ADAPTER_DROPOUT = 0.1
+
+
+@dataclass
+class ModelMeta:
+    """What the model needs to know about the data (from the data's metadata).
+
+    skeleton_fields / common_fields: model field names (``f0_205``, ``f1_101``) in config order;
+        batch field positions index these lists.
+    vocab_sizes: rows of each field's table, index 0 (padding / out-of-vocabulary) included.
+    prior_rates: observed training positive rates, ``ctr`` = click rate, ``cvr`` = conversion
+        rate among clicks; initialise the heads' output bias unless the head sets prior_rate.
+    """
+
+    skeleton_fields: list[str]
+    common_fields: list[str]
+    vocab_sizes: dict[str, int]
+    prior_rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.skeleton_fields) + list(self.common_fields)
+
+
+@dataclass
+class ModelOutput:
+    """Forward result.
+
+    logits: ``{task: [B]}`` float32, after per_head_add.
+    gates: ``{task: [B, E]}`` float32 gate weights.
+    logit_linear: ``[B]`` first-order term (``None`` when ``return_logit_parts`` is false).
+    fm_logit: ``[B]`` FM logit (``None`` unless some head adds it and parts are returned).
+    training: whether the model was in training mode (the gate regulariser applies only then).
+    """
+
+    logits: dict[str, Tensor]
+    gates: dict[str, Tensor]
+    logit_linear: Tensor | None = None
+    fm_logit: Tensor | None = None
+    training: bool = False
+
+
+# ----------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class _Plan:
+    """Every width and switch of the model, resolved (and checked) from the config."""
+
+    dims: dict[str, int]
+    emb_dim: int
+    concat_dim: int
+    deep_dims: list[int]
+    deep_out: int
+    deep_activation: str
+    deep_dropout: float
+    deep_use_bn: bool
+    legacy: bool
+    out_dim: int
+    fm_needed: bool
+    fm_logit: bool
+    fm_projection_dim: int | None
+    return_parts: bool
+    per_head_add: dict[str, tuple[bool, bool]]
+    part_dims: dict[str, int]
+    add_emb: str
+    priors: dict[str, float]
+
+
+def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
+    bb = cfg.model.resolved_backbone()
+    mm = cfg.model.mmoe
+    fields = meta.fields
+    if not fields:
+        raise ValueError("ModelMeta has no fields")
+    dims = {f: cfg.embedding_dim(f) for f in fields}
+    emb_dim = max(dims.values())
+    concat_dim = sum(dims.values())
+    deep_dims = [int(d) for d in bb.deep_hidden_dims]
+    deep_out = deep_dims[-1] if deep_dims else concat_dim
+    legacy = bb.use_legacy_pseudo_deepfm
+    tasks = list(cfg.model.tasks)
+
+    per_head_add: dict[str, tuple[bool, bool]] = {}
+    for task in tasks:
+        flags = bb.per_head_add.get(task, {})
+        per_head_add[task] = (bool(flags.get("use_wide")), bool(flags.get("use_fm")))
+    any_add = any(w or f for w, f in per_head_add.values())
+    if legacy and any_add:
+        raise ValueError(
+            "model.backbone.per_head_add must add nothing in legacy mode "
+            "(use_legacy_pseudo_deepfm folds fm_vec into h)"
+        )
+    if any_add and not bb.return_logit_parts:
+        raise ValueError(
+            "model.backbone.per_head_add needs return_logit_parts: true (it adds those parts)"
+        )
+    fm_logit = any(f for _, f in per_head_add.values())
+    if not bb.fm_enabled:
+        if legacy:
+            raise ValueError(
+                "model.backbone.use_legacy_pseudo_deepfm needs fm_enabled: true "
+                "(h = Linear(concat(deep_h, fm_vec)))"
+            )
+        if mm.add_fm_vec:
+            raise ValueError(
+                "model.mmoe.add_fm_vec needs model.backbone.fm_enabled: true "
+                "(or set add_fm_vec: false)"
+            )
+        if fm_logit:
+            raise ValueError("model.backbone.per_head_add use_fm needs fm_enabled: true")
+    fm_needed = bb.fm_enabled and (legacy or mm.add_fm_vec or fm_logit)
+
+    part_dims = {"deep_h": bb.out_dim if legacy else deep_out}
+    if mm.add_fm_vec:
+        part_dims["fm_vec"] = emb_dim
+    if mm.add_emb in ("sum", "mean"):
+        part_dims["emb"] = emb_dim
+    elif mm.add_emb == "concat":
+        part_dims["emb"] = concat_dim
+
+    priors = {}
+    for task in tasks:
+        p = cfg.model.heads.for_task(task).prior_rate
+        if p is None:
+            if task not in meta.prior_rates:
+                raise ValueError(
+                    f"no prior rate for task {task!r}: set model.heads.{task}.prior_rate or "
+                    "give ModelMeta.prior_rates"
+                )
+            p = float(meta.prior_rates[task])
+        # An empirical rate of exactly 0 or 1 (tiny data) is pulled into (0, 1).
+        priors[task] = min(max(float(p), 1e-6), 1.0 - 1e-6)
+
+    return _Plan(
+        dims=dims,
+        emb_dim=emb_dim,
+        concat_dim=concat_dim,
+        deep_dims=deep_dims,
+        deep_out=deep_out,
+        deep_activation=bb.deep_activation,
+        deep_dropout=bb.deep_dropout,
+        deep_use_bn=bb.deep_use_bn,
+        legacy=legacy,
+        out_dim=bb.out_dim,
+        fm_needed=fm_needed,
+        fm_logit=fm_logit,
+        fm_projection_dim=bb.fm_projection_dim,
+        return_parts=bb.return_logit_parts,
+        per_head_add=per_head_add,
+        part_dims=part_dims,
+        add_emb=mm.add_emb,
+        priors=priors,
+    )
+
+
+def _adapter_dropout(cfg: Config) -> float:
+    return float(getattr(cfg.model.mmoe, "adapter_dropout", ADAPTER_DROPOUT))
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+class DeepFmMmoe(nn.Module):
+    """DeepFM backbone + MMoE + per-task heads (see the module docstring for the data flow).
+
+    ``forward(batch) -> ModelOutput``; batch attributes as in
+    :class:`~rec_pipeline.model.embedding.BatchLike`.
+    """
+
+    def __init__(self, cfg: Config, meta: ModelMeta) -> None:
+        super().__init__()
+        plan = _plan(cfg, meta)
+        self.plan = plan
+        self.tasks = list(cfg.model.tasks)
+        mm = cfg.model.mmoe
+        gs = mm.gate_stabilize
+
+        self.embedding = FusedFieldEmbedding(
+            meta.skeleton_fields,
+            meta.common_fields,
+            meta.vocab_sizes,
+            plan.dims,
+            mode=cfg.embedding.mode,
+            sparse=cfg.embedding.sparse_grad,
+            init_std=cfg.embedding.init_std,
+        )
+        self.deep = MLP(
+            plan.concat_dim,
+            plan.deep_dims,
+            activation=plan.deep_activation,
+            dropout=plan.deep_dropout,
+            use_bn=plan.deep_use_bn,
+        )
+        self.fm = (
+            FMLayer(plan.emb_dim, with_logit=plan.fm_logit, projection_dim=plan.fm_projection_dim)
+            if plan.fm_needed
+            else None
+        )
+        self.legacy_proj = (
+            nn.Linear(plan.deep_out + plan.emb_dim, plan.out_dim) if plan.legacy else None
+        )
+        self.composer = MMoEInputComposer(
+            plan.part_dims,
+            proj_dim=mm.part_proj_dim,
+            norm=mm.norm,
+            dropout=mm.dropout,
+            fusion=mm.fusion,
+            adapter_dims=mm.adapter_mlp_dims,
+            adapter_dropout=_adapter_dropout(cfg),
+            out_dim=plan.out_dim,
+        )
+        self.mmoe = MMoE(
+            self.composer.out_dim,
+            self.tasks,
+            num_experts=mm.num_experts,
+            expert_dims=mm.expert_mlp_dims,
+            dropout=mm.dropout,
+            gate_type=mm.gate_type,
+            gate_hidden_dims=mm.gate_hidden_dims,
+            stabilize=gs.enabled,
+            temperature=gs.temperature,
+            noise_std=gs.noise_std,
+        )
+        heads = {}
+        for task in self.tasks:
+            h = cfg.model.heads.for_task(task)
+            heads[task] = TaskHead(
+                self.mmoe.out_dim,
+                h.mlp_dims,
+                activation=h.activation,
+                dropout=h.dropout,
+                use_bn=h.use_bn,
+                prior_rate=plan.priors[task],
+            )
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, batch: BatchLike) -> ModelOutput:
+        plan = self.plan
+        emb = self.embedding(batch)
+        deep_h = self.deep(emb.emb_concat)  # [B, deep_out]
+        fm_vec: Tensor | None = None
+        fm_logit: Tensor | None = None
+        if self.fm is not None:
+            fm_vec, fm_logit = self.fm(emb.emb_stack)  # [B, D], [B] | None
+        if self.legacy_proj is not None:
+            source = self.legacy_proj(torch.cat([deep_h, fm_vec.to(deep_h.dtype)], dim=-1))
+        else:
+            source = deep_h
+        parts = {"deep_h": source}
+        if "fm_vec" in plan.part_dims:
+            parts["fm_vec"] = fm_vec
+        if plan.add_emb == "sum":
+            parts["emb"] = emb.sum_emb
+        elif plan.add_emb == "mean":
+            parts["emb"] = emb.mean_emb
+        elif plan.add_emb == "concat":
+            parts["emb"] = emb.emb_concat
+        x = self.composer(parts)  # [B, out_dim]
+        mixed, gates = self.mmoe(x)
+        logits = {}
+        for task in self.tasks:
+            logit = self.heads[task](mixed[task]).float()
+            use_wide, use_fm = plan.per_head_add[task]
+            if use_wide:
+                logit = logit + emb.logit_linear.float()
+            if use_fm:
+                logit = logit + fm_logit.float()
+            logits[task] = logit
+        return ModelOutput(
+            logits=logits,
+            gates=gates,
+            logit_linear=emb.logit_linear if plan.return_parts else None,
+            fm_logit=fm_logit if plan.return_parts else None,
+            training=self.training,
+        )
+
+    # ------------------------------------------------------------------------- parameter groups
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Embedding tables when ``embedding.sparse_grad`` (for the sparse optimiser), else []."""
+        return self.embedding.sparse_parameters()
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Every parameter not in :meth:`sparse_parameters` (for AdamW)."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Dense parameters every task's loss reaches: deep MLP, legacy projection, composer,
+        MMoE LayerNorm and experts (used for per-task gradient diagnostics)."""
+        mods: list[nn.Module | None] = [
+            self.deep,
+            self.legacy_proj,
+            self.composer,
+            self.mmoe.norm,
+            self.mmoe.experts,
+        ]
+        return [p for m in mods if m is not None for p in m.parameters()]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The task's own parameters: its head and its gate."""
+        return list(self.heads[task].parameters()) + list(self.mmoe.gates[task].parameters())
+
+
+def build_model(cfg: Config, meta: ModelMeta) -> DeepFmMmoe:
+    """The model described by ``cfg.model`` / ``cfg.embedding`` for the data described by meta."""
+    return DeepFmMmoe(cfg, meta)
+
+
+# ------------------------------------------------------------------------------ parameter counts
+
+
+def _numel(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(model: DeepFmMmoe) -> dict[str, int]:
+    """Parameters per component of a built model, plus ``dense_total`` and ``total``.
+
+    Keys: embedding, deep, fm, legacy_proj, composer_parts, adapter, mmoe_norm, experts, gates,
+    head_<task> for each task, dense_total (all but embedding), total.
+    """
+    counts = {
+        "embedding": _numel(model.embedding),
+        "deep": _numel(model.deep),
+        "fm": _numel(model.fm),
+        "legacy_proj": _numel(model.legacy_proj),
+        "composer_parts": _numel(model.composer.parts),
+        "adapter": _numel(model.composer.adapter),
+        "mmoe_norm": _numel(model.mmoe.norm),
+        "experts": _numel(model.mmoe.experts),
+        "gates": _numel(model.mmoe.gates),
+    }
+    for task in model.tasks:
+        counts[f"head_{task}"] = _numel(model.heads[task])
+    counts["dense_total"] = sum(v for k, v in counts.items() if k != "embedding")
+    counts["total"] = counts["dense_total"] + counts["embedding"]
+    return counts
+
+
+def expected_parameter_counts(cfg: Config, meta: ModelMeta) -> dict[str, int]:
+    """The same keys as :func:`parameter_counts`, in closed form from the config and meta.
+
+    ``Linear(i -> o) = i*o + o``, ``LayerNorm(d) = BatchNorm1d(d) = 2d``, PReLU 1; the fused
+    tables hold ``(sum_f vocab_f) * (D + 1)`` values (vector columns + the first-order column).
+    """
+    plan = _plan(cfg, meta)
+    mm = cfg.model.mmoe
+    rows = sum(int(meta.vocab_sizes[f]) for f in meta.fields)
+    counts = {"embedding": rows * (plan.emb_dim + 1)}
+    counts["deep"] = mlp_parameter_count(
+        plan.concat_dim, plan.deep_dims, activation=plan.deep_activation, use_bn=plan.deep_use_bn
+    )
+    fm = 0
+    if plan.fm_needed and plan.fm_logit and plan.fm_projection_dim is not None:
+        p = plan.fm_projection_dim
+        fm = linear_parameter_count(plan.emb_dim, p) + linear_parameter_count(p, 1)
+    counts["fm"] = fm
+    counts["legacy_proj"] = (
+        linear_parameter_count(plan.deep_out + plan.emb_dim, plan.out_dim) if plan.legacy else 0
+    )
+    parts = 0
+    widths = []
+    for d in plan.part_dims.values():
+        w = d
+        if mm.part_proj_dim is not None:
+            parts += linear_parameter_count(d, mm.part_proj_dim)
+            w = mm.part_proj_dim
+        if mm.norm == "layernorm":
+            parts += 2 * w
+        widths.append(w)
+    counts["composer_parts"] = parts
+    fused = sum(widths) if mm.fusion == "concat" else widths[0]
+    counts["adapter"] = mlp_parameter_count(fused, mm.adapter_mlp_dims, out_dim=plan.out_dim)
+    counts["mmoe_norm"] = 2 * plan.out_dim
+    e = mm.num_experts
+    counts["experts"] = e * mlp_parameter_count(plan.out_dim, mm.expert_mlp_dims)
+    hidden = mm.gate_hidden_dims if mm.gate_type == "mlp" else []
+    counts["gates"] = len(cfg.model.tasks) * mlp_parameter_count(plan.out_dim, hidden, out_dim=e)
+    h_in = mm.expert_mlp_dims[-1]
+    for task in cfg.model.tasks:
+        h = cfg.model.heads.for_task(task)
+        counts[f"head_{task}"] = mlp_parameter_count(
+            h_in, h.mlp_dims, activation=h.activation, use_bn=h.use_bn, out_dim=1
+        )
+    counts["dense_total"] = sum(v for k, v in counts.items() if k != "embedding")
+    counts["total"] = counts["dense_total"] + counts["embedding"]
+    return counts

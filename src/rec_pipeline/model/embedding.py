@@ -1,0 +1,296 @@
+"""Fused per-field embedding bags for the normalised (skeleton + common) batch.
+
+Notation: B batch rows, U distinct common records of the batch (U <= B), Fs / Fc skeleton /
+common fields, F = Fs + Fc, d_f the embedding dim of field f, D = max_f d_f.
+
+Layout. One table per side (skeleton, common). Its rows are the concatenation of that side's
+per-field vocabularies (field f's local index i lives in row ``row_offset[f] + i``); its width is
+``D + 1``: columns ``0..D-1`` hold the embedding vector, column ``D`` the field's first-order
+("wide", dim-1) weight, so the linear term is pooled by the same lookup. A field with ``d_f < D``
+uses only its first ``d_f`` columns: the pooled output is multiplied by a constant ``[F, D]``
+0/1 mask, so the unused columns contribute nothing downstream and receive zero gradient; sums
+over fields (FM, ``sum_emb``) are therefore exact.
+
+Pooling. One ``F.embedding_bag`` call per side, with one bag per (row, field) pair
+(``bag = row * F_side + field``); bag offsets come from a bag-count cumsum built with
+``index_add_`` (no host synchronisation). ``mode="sum"`` gives ``sum_i w_i e_i``; ``mode="mean"``
+divides that by ``sum_i w_i`` (a bag whose weights sum to 0, in particular an empty bag, pools
+to 0). The common side is pooled for the distinct common records only, then expanded to the
+batch rows with ``cm_inverse``. Because U is not known on the host without a synchronisation,
+the common side is pooled into B bag-rows (U <= B; the rows past U are empty and never read).
+
+Row 0 of every field (padding / out-of-vocabulary) starts at zero and is trainable: it is the
+learned out-of-vocabulary vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BatchLike(Protocol):
+    """The tensors of one batch the model reads (the data loader's ``Batch`` has these).
+
+    Skeleton side (Ns values, sorted by (row, field), row-major jagged):
+        sk_ids [Ns] long: per-field local vocabulary index in ``[0, vocab_size[field])``.
+        sk_fields [Ns] long: skeleton field position ``0..Fs-1``.
+        sk_weights [Ns] float: feature value (1.0 categorical; ln(count) weighted fields).
+        sk_rows [Ns] long: batch row ``0..B-1``.
+    Common side (Nc values over U distinct common records, sorted by (record, field)):
+        cm_ids, cm_fields (``0..Fc-1``), cm_weights, cm_rows (``0..U-1``) [Nc].
+        cm_inverse [B] long: row b's common record is ``cm_rows == cm_inverse[b]``.
+    Labels: click [B], conversion [B] float; index [B] long.
+    """
+
+    sk_ids: Tensor
+    sk_fields: Tensor
+    sk_weights: Tensor
+    sk_rows: Tensor
+    cm_ids: Tensor
+    cm_fields: Tensor
+    cm_weights: Tensor
+    cm_rows: Tensor
+    cm_inverse: Tensor
+    click: Tensor
+    conversion: Tensor
+
+
+@dataclass
+class EmbeddingOutput:
+    """Pooled embeddings of one batch.
+
+    emb_stack [B, F, D]: per-field pooled vectors (columns >= d_f are 0).
+    emb_concat [B, sum_f d_f]: the valid columns of emb_stack, field by field.
+    sum_emb [B, D]: sum over fields. mean_emb [B, D]: sum_emb / F.
+    logit_linear [B]: sum over fields of the pooled first-order weight.
+    """
+
+    emb_stack: Tensor
+    emb_concat: Tensor
+    sum_emb: Tensor
+    mean_emb: Tensor
+    logit_linear: Tensor
+
+
+class FusedFieldEmbedding(nn.Module):
+    """All fields' embedding bags (vectors + first-order weights) as two fused tables.
+
+    Args:
+        skeleton_fields / common_fields: model field names, in batch field-position order.
+        vocab_sizes: rows of each field's table, index 0 included.
+        dims: embedding dim per field name.
+        mode: ``"mean"`` (weighted mean, sum(w e) / sum(w)) or ``"sum"`` (sum(w e)).
+        sparse: produce sparse gradients for the tables (for a sparse optimiser).
+        init_std: std of the normal init of the vector columns.
+    """
+
+    def __init__(
+        self,
+        skeleton_fields: Sequence[str],
+        common_fields: Sequence[str],
+        vocab_sizes: dict[str, int],
+        dims: dict[str, int],
+        *,
+        mode: str = "mean",
+        sparse: bool = True,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if mode not in ("mean", "sum"):
+            raise ValueError(f"embedding mode must be 'mean' or 'sum' (got {mode!r})")
+        self.skeleton_fields = list(skeleton_fields)
+        self.common_fields = list(common_fields)
+        self.fields = self.skeleton_fields + self.common_fields
+        if not self.fields:
+            raise ValueError("the model needs at least one field")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"field names must be unique (got {self.fields})")
+        for name in self.fields:
+            if name not in vocab_sizes:
+                raise ValueError(f"no vocabulary size for field {name!r}")
+            if int(vocab_sizes[name]) < 1:
+                raise ValueError(f"vocabulary size of {name!r} must be >= 1 (index 0 = padding)")
+            if name not in dims or int(dims[name]) < 1:
+                raise ValueError(f"no positive embedding dim for field {name!r}")
+        self.mode = mode
+        self.sparse = bool(sparse)
+        self.init_std = float(init_std)
+        self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.fields}
+        self.dims = [int(dims[f]) for f in self.fields]
+        self.num_fields = len(self.fields)
+        self.dim = max(self.dims)  # D
+        self.concat_dim = sum(self.dims)
+        self.uniform_dims = all(d == self.dim for d in self.dims)
+
+        self.skeleton_table = self._make_table(self.skeleton_fields)
+        self.common_table = self._make_table(self.common_fields)
+        self.register_buffer(
+            "sk_row_offset", self._row_offsets(self.skeleton_fields), persistent=False
+        )
+        self.register_buffer(
+            "cm_row_offset", self._row_offsets(self.common_fields), persistent=False
+        )
+        mask = torch.zeros(self.num_fields, self.dim)
+        for f, d in enumerate(self.dims):
+            mask[f, :d] = 1.0
+        self.register_buffer("dim_mask", mask, persistent=False)  # [F, D]
+        cols = [f * self.dim + c for f, d in enumerate(self.dims) for c in range(d)]
+        self.register_buffer(
+            "concat_index", torch.tensor(cols, dtype=torch.long), persistent=False
+        )  # [sum d_f] into the flattened [F * D]
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------ construction
+
+    def _make_table(self, fields: list[str]) -> nn.Parameter | None:
+        if not fields:
+            return None
+        rows = sum(self.vocab_sizes[f] for f in fields)
+        return nn.Parameter(torch.empty(rows, self.dim + 1))
+
+    def _row_offsets(self, fields: list[str]) -> Tensor:
+        sizes = [self.vocab_sizes[f] for f in fields]
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        return torch.tensor(offsets[: len(fields)], dtype=torch.long)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """N(0, init_std) vectors; zero first-order column, padding rows and unused columns."""
+        for table, fields in (
+            (self.skeleton_table, self.skeleton_fields),
+            (self.common_table, self.common_fields),
+        ):
+            if table is None:
+                continue
+            table.normal_(0.0, self.init_std)
+            table[:, self.dim] = 0.0
+            start = 0
+            for name in fields:
+                rows = self.vocab_sizes[name]
+                d = self.dims[self.fields.index(name)]
+                table[start, :] = 0.0
+                table[start : start + rows, d : self.dim] = 0.0
+                start += rows
+
+    def tables(self) -> list[nn.Parameter]:
+        """The embedding tables (one or two)."""
+        return [t for t in (self.skeleton_table, self.common_table) if t is not None]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The tables when they produce sparse gradients, else an empty list."""
+        return self.tables() if self.sparse else []
+
+    # ----------------------------------------------------------------------------------- forward
+
+    def _pool(
+        self,
+        table: Tensor,
+        row_offset: Tensor,
+        ids: Tensor,
+        fields: Tensor,
+        weights: Tensor,
+        rows: Tensor,
+        n_rows: int,
+    ) -> Tensor:
+        """Pool one side: values -> ``[n_rows, F_side, D + 1]``."""
+        n_fields = row_offset.shape[0]
+        n_bags = n_rows * n_fields
+        bag = rows * n_fields + fields
+        counts = torch.zeros(n_bags + 1, dtype=torch.long, device=ids.device)
+        counts.index_add_(0, bag + 1, torch.ones_like(bag))
+        offsets = counts.cumsum(0)  # [n_bags + 1]; include_last_offset=True
+        w = weights.to(table.dtype)
+        pooled = F.embedding_bag(
+            ids + row_offset[fields],
+            table,
+            offsets,
+            mode="sum",
+            per_sample_weights=w,
+            include_last_offset=True,
+            sparse=self.sparse,
+        )  # [n_bags, D + 1]
+        if self.mode == "mean":
+            wsum = torch.zeros(n_bags, dtype=table.dtype, device=ids.device).index_add_(0, bag, w)
+            denom = torch.where(wsum != 0, wsum, torch.ones_like(wsum))
+            pooled = pooled / denom.unsqueeze(1)
+        return pooled.view(n_rows, n_fields, self.dim + 1)
+
+    def forward(self, batch: BatchLike) -> EmbeddingOutput:
+        """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
+        n_rows = batch.cm_inverse.shape[0]  # B
+        parts = []
+        if self.skeleton_table is not None:
+            parts.append(
+                self._pool(
+                    self.skeleton_table,
+                    self.sk_row_offset,
+                    batch.sk_ids,
+                    batch.sk_fields,
+                    batch.sk_weights,
+                    batch.sk_rows,
+                    n_rows,
+                )
+            )  # [B, Fs, D + 1]
+        if self.common_table is not None:
+            common = self._pool(
+                self.common_table,
+                self.cm_row_offset,
+                batch.cm_ids,
+                batch.cm_fields,
+                batch.cm_weights,
+                batch.cm_rows,
+                n_rows,  # U <= B bag-rows; see the module docstring
+            )
+            parts.append(common.index_select(0, batch.cm_inverse))  # [B, Fc, D + 1]
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, F, D + 1]
+        emb_stack = stacked[..., : self.dim]
+        if not self.uniform_dims:
+            emb_stack = emb_stack * self.dim_mask
+        logit_linear = stacked[..., self.dim].sum(dim=1)  # [B]
+        flat = emb_stack.reshape(n_rows, self.num_fields * self.dim)
+        emb_concat = flat if self.uniform_dims else flat.index_select(1, self.concat_index)
+        sum_emb = emb_stack.sum(dim=1)
+        return EmbeddingOutput(
+            emb_stack=emb_stack,
+            emb_concat=emb_concat,
+            sum_emb=sum_emb,
+            mean_emb=sum_emb / self.num_fields,
+            logit_linear=logit_linear,
+        )
+
+    @torch.no_grad()
+    def check_batch(self, batch: BatchLike) -> None:
+        """Raise ValueError when a batch's field positions or ids are out of range (debug aid;
+        synchronises with the device, so not for the training hot path)."""
+        for side, fields, ids, sizes in (
+            ("skeleton", batch.sk_fields, batch.sk_ids, self.skeleton_fields),
+            ("common", batch.cm_fields, batch.cm_ids, self.common_fields),
+        ):
+            if fields.numel() == 0:
+                continue
+            if int(fields.min()) < 0 or int(fields.max()) >= len(sizes):
+                raise ValueError(f"{side} field positions outside [0, {len(sizes)})")
+            limit = torch.tensor([self.vocab_sizes[f] for f in sizes], device=ids.device)
+            bad = (ids < 0) | (ids >= limit[fields])
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                name = sizes[int(fields[i])]
+                raise ValueError(
+                    f"{side} id {int(ids[i])} of field {name!r} outside its vocabulary "
+                    f"[0, {self.vocab_sizes[name]})"
+                )
+
+    def extra_repr(self) -> str:
+        return (
+            f"fields={self.num_fields} (skeleton {len(self.skeleton_fields)}, common "
+            f"{len(self.common_fields)}), dim={self.dim}, concat_dim={self.concat_dim}, "
+            f"mode={self.mode}, sparse={self.sparse}"
+        )

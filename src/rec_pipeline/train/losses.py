@@ -1,0 +1,345 @@
+"""The training objective (SPEC §4): ESMM v2 with a CTCVR aux-focal term, the CVR auxiliary loss,
+the gate regulariser, and the positive-weight controller.
+
+All loss math runs in float32: logits are cast first, so the losses are fp32 under autocast too.
+Notation: B batch rows, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import Config
+from .schedules import pos_weight_clip_at
+
+LN2 = math.log(2.0)
+
+ESMM_COMPONENTS = (
+    "loss_ctr",
+    "loss_ctcvr",
+    "loss_ctcvr_bce",
+    "loss_ctcvr_focal",
+    "loss_cvr_aux",
+    "loss_gate_entropy",
+    "loss_gate_balance",
+)
+SINGLE_TASK_COMPONENTS = ("loss_ctr", "loss_cvr", "loss_gate_entropy", "loss_gate_balance")
+
+
+@dataclass
+class LossResult:
+    """``total``: scalar fp32 tensor to backpropagate. ``components``: scalar fp32 tensors, unweighted
+    (see :func:`compute_losses` for each one's meaning; all keys are always present)."""
+
+    total: Tensor
+    components: dict[str, Tensor] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """The total and components as Python floats (one device synchronisation)."""
+        names = ["loss_total", *self.components]
+        values = torch.stack([self.total.detach(), *(v.detach() for v in self.components.values())])
+        return dict(zip(names, values.float().cpu().tolist(), strict=True))
+
+
+# -------------------------------------------------------------------------------- log-space maths
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, stable over the whole range.
+
+    ``log(-expm1(x))`` for ``x > -ln 2`` and ``log1p(-exp(x))`` otherwise (Mächler 2012). Each
+    branch only ever sees inputs where it is finite (the other side is replaced by a harmless
+    constant before evaluation), so no inf/NaN gradient leaks through ``torch.where``. ``x`` is
+    clamped to ``<= -tiny`` (the dtype's smallest normal), so ``x = 0`` gives a large finite
+    negative value instead of ``-inf``.
+    """
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
+    near_zero = x > -LN2
+    a = torch.where(near_zero, x, torch.full_like(x, -1.0))
+    b = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(b)))
+
+
+def weighted_bce_from_log_prob(log_p: Tensor, y: Tensor, pos_weight: float | Tensor) -> Tensor:
+    """Elementwise ``-w*y*log p - (1-y)*log(1-p)`` from ``log p`` (``[B] -> [B]``)."""
+    return -(pos_weight * y * log_p) - (1.0 - y) * log1mexp(log_p)
+
+
+def ctcvr_log_prob(logit_ctr: Tensor, logit_cvr: Tensor, *, version: str, eps: float) -> Tensor:
+    """``log p_ctcvr`` ``[B]``.
+
+    v2: ``logsigmoid(l_ctr) + logsigmoid(l_cvr)`` (exact in log space).
+    legacy (deprecated): ``log(clamp(sigmoid(l_ctr) * sigmoid(l_cvr), eps, 1 - eps))``, the product
+    in probability space; it underflows for confident logits and its gradient is zero where the
+    clamp is active. Kept only to reproduce old runs.
+    """
+    if version == "v2":
+        return F.logsigmoid(logit_ctr) + F.logsigmoid(logit_cvr)
+    if version == "legacy":
+        p = torch.sigmoid(logit_ctr) * torch.sigmoid(logit_cvr)
+        return torch.log(p.clamp(min=eps, max=1.0 - eps))
+    raise ValueError(f"esmm.version must be 'v2' or 'legacy' (got {version!r})")
+
+
+def focal_weight(
+    log_p: Tensor,
+    y: Tensor,
+    *,
+    gamma: float,
+    alpha: float | None,
+    detach: bool,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Focal weight ``alpha_t * (1 - p_t)^gamma`` ``[B]`` from ``log p``.
+
+    ``p_t = p`` for positives, ``1 - p`` for negatives, so ``1 - p_t`` is ``1 - p`` (computed as
+    ``-expm1(log p)``) for positives and ``p`` for negatives. ``alpha_t = alpha`` for positives and
+    ``1 - alpha`` for negatives (only when ``alpha`` is given). Computed in ``dtype``; detached
+    from the graph when ``detach``.
+    """
+    lp = log_p.detach() if detach else log_p
+    lp = lp.to(dtype)
+    yy = y.to(dtype)
+    one_minus_pt = yy * (-torch.expm1(lp)) + (1.0 - yy) * torch.exp(lp)
+    w = one_minus_pt.clamp(min=0.0) ** gamma
+    if alpha is not None:
+        w = w * (alpha * yy + (1.0 - alpha) * (1.0 - yy))
+    return w.float()
+
+
+# ------------------------------------------------------------------------------------- gate terms
+
+
+def gate_regularisers(gates: Mapping[str, Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    """``(neg_entropy, balance_kl)``, each averaged over tasks.
+
+    neg_entropy: ``mean_b sum_e g log(g + eps)`` = ``-H(g)`` per row, averaged over rows; adding it
+    with a positive weight to the loss pushes every row's routing towards uniform.
+    balance_kl: ``KL(mean_b g || uniform) = sum_e gbar_e log(E * gbar_e)``; pushes the batch's
+    expert load towards uniform.
+    """
+    neg_h, kl = [], []
+    for g in gates.values():
+        g = g.float()  # [B, E]
+        n_exp = g.shape[-1]
+        neg_h.append((g * torch.log(g + eps)).sum(dim=-1).mean())
+        gbar = g.mean(dim=0)
+        kl.append((gbar * torch.log(gbar * n_exp + eps)).sum())
+    return torch.stack(neg_h).mean(), torch.stack(kl).mean()
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype active on ``device``'s type, else float32."""
+    kind = device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return torch.float32
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """``sum(values * mask) / count(mask)``; 0 (with a graph) when the mask is empty."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def compute_losses(
+    out: Any,
+    click: Tensor,
+    conversion: Tensor,
+    *,
+    step: int,
+    cfg: Config,
+    pos_weight: Mapping[str, float],
+) -> LossResult:
+    """The training objective for one batch.
+
+    Args:
+        out: a :class:`~rec_pipeline.model.builder.ModelOutput` (``logits``, ``gates``,
+            ``training``).
+        click, conversion: labels ``[B]`` (0/1).
+        step: global optimisation step (for the aux-focal warm-up).
+        cfg: the config.
+        pos_weight: ``{"ctr": w, "ctcvr": w}`` from :meth:`PosWeights.current`.
+
+    ESMM (``use_esmm``) components:
+        loss_ctr: ``BCEWithLogits(l_ctr, click, pos_weight=pw_ctr)`` (mean over rows).
+        loss_ctcvr_bce: mean of ``-pw_ctcvr*y*log p - (1-y)*log(1-p)``, ``p = p_ctr * p_cvr``,
+            ``y = conversion``.
+        loss_ctcvr_focal: mean of focal weight times the same elementwise terms; 0 when aux focal is
+            disabled or ``step < warmup_steps``. The weight is computed in float32 when
+            ``compute_fp32``, else in the active autocast dtype (float32 outside autocast).
+        loss_ctcvr: ``loss_ctcvr_bce + lambda * loss_ctcvr_focal``.
+        loss_cvr_aux: ``BCEWithLogits(l_cvr, conversion)`` averaged over click = 1 rows (0 when the
+            batch has none).
+        total = ``lambda_ctr*loss_ctr + lambda_ctcvr*loss_ctcvr + lambda_cvr_aux*loss_cvr_aux``
+            + gate terms.
+    Single-task mode: loss_ctr as above; loss_cvr = BCE(l_cvr, conversion) over click = 1 rows;
+        total = ``w_ctr*loss_ctr + w_cvr*loss_cvr`` (tasks in ``model.enabled_heads``) + gate terms.
+    Gate terms (both modes, only when ``out.training``): loss_gate_entropy = ``-H(g)``,
+        loss_gate_balance = ``KL(mean g || uniform)`` (see :func:`gate_regularisers`); total adds
+        ``entropy_reg_weight * loss_gate_entropy + load_balance_kl_weight * loss_gate_balance``.
+        In eval mode both are 0.
+    """
+    logits = out.logits
+    y_click = click.float()
+    y_conv = conversion.float()
+    device = y_click.device
+    zero = torch.zeros((), device=device)
+    comps: dict[str, Tensor] = {}
+    l_ctr = logits["ctr"].float() if "ctr" in logits else None
+    l_cvr = logits["cvr"].float() if "cvr" in logits else None
+    pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=device)
+    clicked = (y_click > 0).float()
+
+    if cfg.use_esmm:
+        esmm = cfg.esmm
+        focal_cfg = cfg.loss.aux_focal
+        comps["loss_ctr"] = F.binary_cross_entropy_with_logits(l_ctr, y_click, pos_weight=pw_ctr)
+        log_p = ctcvr_log_prob(l_ctr, l_cvr, version=esmm.version, eps=esmm.eps)
+        bce = weighted_bce_from_log_prob(log_p, y_conv, float(pos_weight.get("ctcvr", 1.0)))
+        comps["loss_ctcvr_bce"] = bce.mean()
+        if focal_cfg.enabled and step >= focal_cfg.warmup_steps:
+            fw = focal_weight(
+                log_p,
+                y_conv,
+                gamma=focal_cfg.gamma,
+                alpha=focal_cfg.alpha if focal_cfg.use_alpha else None,
+                detach=focal_cfg.detach_p_for_weight,
+                dtype=torch.float32 if focal_cfg.compute_fp32 else _autocast_dtype(device),
+            )
+            comps["loss_ctcvr_focal"] = (fw * bce).mean()
+        else:
+            comps["loss_ctcvr_focal"] = zero
+        comps["loss_ctcvr"] = (
+            comps["loss_ctcvr_bce"] + focal_cfg.lambda_ * comps["loss_ctcvr_focal"]
+        )
+        if esmm.lambda_cvr_aux > 0:
+            per_row = F.binary_cross_entropy_with_logits(l_cvr, y_conv, reduction="none")
+            comps["loss_cvr_aux"] = _masked_mean(per_row, clicked)
+        else:
+            comps["loss_cvr_aux"] = zero
+        total = (
+            esmm.lambda_ctr * comps["loss_ctr"]
+            + esmm.lambda_ctcvr * comps["loss_ctcvr"]
+            + esmm.lambda_cvr_aux * comps["loss_cvr_aux"]
+        )
+    else:
+        enabled = set(cfg.model.enabled_heads)
+        total = zero
+        if l_ctr is not None:
+            comps["loss_ctr"] = F.binary_cross_entropy_with_logits(
+                l_ctr, y_click, pos_weight=pw_ctr
+            )
+            if "ctr" in enabled:
+                total = total + cfg.loss.w_ctr * comps["loss_ctr"]
+        else:
+            comps["loss_ctr"] = zero
+        if l_cvr is not None:
+            per_row = F.binary_cross_entropy_with_logits(l_cvr, y_conv, reduction="none")
+            comps["loss_cvr"] = _masked_mean(per_row, clicked)
+            if "cvr" in enabled:
+                total = total + cfg.loss.w_cvr * comps["loss_cvr"]
+        else:
+            comps["loss_cvr"] = zero
+
+    gs = cfg.model.mmoe.gate_stabilize
+    if getattr(out, "training", False) and out.gates:
+        neg_h, kl = gate_regularisers(out.gates, gs.eps)
+        comps["loss_gate_entropy"] = neg_h
+        comps["loss_gate_balance"] = kl
+        if gs.entropy_reg_weight > 0:
+            total = total + gs.entropy_reg_weight * neg_h
+        if gs.load_balance_kl_weight > 0:
+            total = total + gs.load_balance_kl_weight * kl
+    else:
+        comps["loss_gate_entropy"] = zero
+        comps["loss_gate_balance"] = zero
+    return LossResult(total=total.float(), components={k: v.float() for k, v in comps.items()})
+
+
+# ---------------------------------------------------------------------------- positive weights
+
+
+class PosWeights:
+    """Positive-class weights for the CTR and CTCVR losses, per step.
+
+    ``current(step) = {"ctr": min(base_ctr, clip_ctr(step)), "ctcvr": min(base_ctcvr, ...)}``.
+    base: ``loss.static_pos_weight``, or with ``loss.pos_weight_dynamic`` the running
+    ``(1 - r) / r`` of the labels seen so far through :meth:`observe` (r = clicks / rows for ctr,
+    conversions / rows for ctcvr; the static value until a task's first positive).
+    clip: ``pos_weight_clip_at(step, loss.pos_weight_clip_schedule)`` for the scheduled task(s)
+    (schedule enabled, target ctr | ctcvr | both), ``loss.pos_weight_clip`` otherwise.
+
+    Running counts stay on the labels' device (no synchronisation in :meth:`observe`);
+    :meth:`current` reads them (one synchronisation) only in dynamic mode.
+    """
+
+    TASKS = ("ctr", "ctcvr")
+
+    def __init__(self, cfg: Config) -> None:
+        self.loss_cfg = cfg.loss
+        self.dynamic = bool(cfg.loss.pos_weight_dynamic)
+        self._pos: Tensor | None = None  # [2] float64: clicks, conversions
+        self._rows: Tensor | None = None  # [] float64
+
+    def observe(self, click: Tensor, conversion: Tensor) -> None:
+        """Add one batch's labels to the running counts (no-op unless dynamic)."""
+        if not self.dynamic:
+            return
+        pos = torch.stack([click.double().sum(), conversion.double().sum()])
+        rows = torch.tensor(float(click.numel()), dtype=torch.float64, device=click.device)
+        if self._pos is None:
+            self._pos, self._rows = pos, rows
+        else:
+            self._pos = self._pos.to(pos.device) + pos
+            self._rows = self._rows.to(rows.device) + rows
+
+    def base(self) -> dict[str, float]:
+        static = self.loss_cfg.static_pos_weight
+        out = {"ctr": float(static.ctr), "ctcvr": float(static.ctcvr)}
+        if self.dynamic and self._pos is not None:
+            pos = self._pos.cpu().tolist()
+            rows = float(self._rows.cpu())
+            for i, task in enumerate(self.TASKS):
+                if pos[i] > 0 and rows > 0:
+                    r = pos[i] / rows
+                    out[task] = (1.0 - r) / r
+        return out
+
+    def clip(self, step: int) -> dict[str, float]:
+        sched = self.loss_cfg.pos_weight_clip_schedule
+        static_clip = self.loss_cfg.pos_weight_clip
+        out = {"ctr": float(static_clip.ctr), "ctcvr": float(static_clip.ctcvr)}
+        if sched.enabled:
+            scheduled = self.TASKS if sched.target == "both" else (sched.target,)
+            value = pos_weight_clip_at(step, sched)
+            for task in scheduled:
+                out[task] = value
+        return out
+
+    def current(self, step: int) -> dict[str, float]:
+        """``{"ctr": float, "ctcvr": float}`` for this step."""
+        base, clip = self.base(), self.clip(step)
+        return {t: min(base[t], clip[t]) for t in self.TASKS}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pos": None if self._pos is None else self._pos.cpu().tolist(),
+            "rows": None if self._rows is None else float(self._rows.cpu()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("pos") is None:
+            self._pos = self._rows = None
+        else:
+            self._pos = torch.tensor(state["pos"], dtype=torch.float64)
+            self._rows = torch.tensor(float(state["rows"]), dtype=torch.float64)
