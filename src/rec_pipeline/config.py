@@ -87,7 +87,7 @@ class DataConfig(_Model):
     source: Literal["synthetic", "files"] = "synthetic"
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     fields: FieldsConfig = Field(default_factory=FieldsConfig)
-    chunk_mb: int = Field(64, gt=0)
+    chunk_mb: int = Field(16, gt=0)
 
 
 class SamplingConfig(_Model):

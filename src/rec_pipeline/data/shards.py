@@ -25,6 +25,9 @@ class ShardSet:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
     @property
     def files(self) -> list[Path]:
         manifest = self.path / MANIFEST
