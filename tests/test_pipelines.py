@@ -1,0 +1,254 @@
+"""The pipelines through real Kedro sessions, on tiny data, in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from rec_pipeline.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds on a CPU; every schedule phase still happens (warmup, focal warmup,
+# the pos_weight milestone, validations, diagnostics).
+TINY = {
+    "synthetic": {
+        "n_train_rows": 6000,
+        "n_test_rows": 2000,
+        "n_users": 300,
+        "n_items": 600,
+        "impressions_per_common": 10.0,
+        "behaviour_events_mean": 20.0,
+    },
+    "data": {"batch_size": 256},
+    "runtime": {
+        "epochs": 1,
+        "log_every": 4,
+        "valid_every": 8,
+        "grad_diag_every": 4,
+        "progress_bar": False,
+    },
+    "optim": {"lr_scheduler": {"warmup_steps": 2}},
+    "loss": {
+        "pos_weight_clip_schedule": {"milestones": [0, 6]},
+        "aux_focal": {"warmup_steps": 6},
+    },
+    "evaluation": {"batch_size": 4096},
+}
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """A copy of the project's configuration in an empty folder (data/ starts empty)."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "src").mkdir()  # Kedro checks that it exists; the package itself is installed
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    bootstrap_project(tmp_path)
+    return tmp_path
+
+
+def run(project: Path, pipeline: str = "__default__", params: dict | None = None, **kw):
+    with KedroSession.create(project_path=project, runtime_params=params or TINY, **kw) as s:
+        return s.run(pipeline_names=[pipeline])
+
+
+def catalog(project: Path, params: dict | None = None):
+    with KedroSession.create(project_path=project, runtime_params=params or TINY) as s:
+        return s.load_context().catalog
+
+
+def latest(path: Path) -> Path:
+    """The newest version of a versioned file dataset."""
+    return sorted(p for p in path.iterdir() if p.is_dir())[-1] / path.name
+
+
+@pytest.mark.slow
+def test_whole_chain_then_rerun_evaluation(project):
+    run(project)
+    cat = catalog(project)
+    metrics = cat.load("evaluation_metrics")
+    assert metrics["split"] == "test" and metrics["n_rows"] == 2000
+    for task in ("ctr", "cvr", "ctcvr"):
+        block = metrics["tasks"][task]
+        assert block["oracle_auc"] is not None  # the synthetic truth is joined
+        assert block["auc"] is None or 0.0 <= block["auc"] <= 1.0
+    preds = cat.load("predictions")
+    assert list(preds.columns)[:6] == [
+        "sample_id",
+        "click",
+        "conversion",
+        "p_ctr",
+        "p_cvr",
+        "p_ctcvr",
+    ]
+    assert len(preds) == 2000
+    ckpt = cat.load("model_checkpoint")
+    assert ckpt["metadata"]["vocab_fingerprint"] == cat.load("metadata")["vocab_fingerprint"]
+    hist = cat.load("training_history")
+    assert {"train", "valid", "health", "grad"} <= set(hist["kind"])
+    report = latest(project / "data/08_reporting/report.html").read_text()
+    assert "<img" in report and "http://" not in report
+    dq = cat.load("data_quality")
+    assert dq["rows"]["test"] == 2000
+
+    # Rerun evaluation alone on another split and checkpoint: a new version, no retraining.
+    run(project, "evaluation", {**TINY, "evaluation": {"split": "valid", "checkpoint": "last"}})
+    versions = cat.load("evaluation_metrics_versions")
+    assert [v["data"]["split"] for v in versions] == ["test", "valid"]
+    assert versions[-1]["data"]["checkpoint"] == "last"
+    assert len(list((project / "data/06_models/model_checkpoint.pt").iterdir())) == 1
+    run(project, "reporting")
+    assert "Comparison" in latest(project / "data/08_reporting/report.html").read_text()
+
+
+SKELETON = "sample_skeleton_{}.csv"
+COMMON = "common_features_{}.csv"
+
+
+def feat(field: str, fid: int, value: str = "1.0") -> str:
+    return f"{field}\x02{fid}\x03{value}"
+
+
+def write_raw(folder: Path, bad_train_lines: list[str] | None = None) -> None:
+    """Hand-written raw files: 40 groups of 5 impressions, plus the given bad lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        sk, cm = [], []
+        for g in range(40):
+            cfi = f"{split}{g:04d}"
+            cfeats = [feat("101", 1000 + g % 7), feat("109_14", 50 + g % 3, "0.693147")]
+            cm.append(f"{cfi},{len(cfeats)},{chr(1).join(cfeats)}")
+            for i in range(5):
+                click = int((g + i) % 4 == 0)
+                conv = int(click and g % 3 == 0)
+                sfeats = [feat("205", 7000 + (g * 5 + i) % 11), feat("301", 1 + i % 2)]
+                sid = (0 if split == "train" else 10_000) + g * 5 + i
+                sk.append(f"{sid},{click},{conv},{cfi},{len(sfeats)},{chr(1).join(sfeats)}")
+        if split == "train" and bad_train_lines:
+            sk.extend(bad_train_lines)
+        (folder / SKELETON.format(split)).write_text("\n".join(sk) + "\n")
+        (folder / COMMON.format(split)).write_text("\n".join(cm) + "\n")
+
+
+FILES_PARAMS = {**TINY, "data": {"source": "files", "batch_size": 64}, "vocab": {"min_count": 1}}
+
+
+@pytest.mark.slow
+def test_real_files_with_bad_lines_are_counted_and_quarantined(project):
+    raw = project / "user_raw"
+    bad = [
+        "900,0,0,train0001,2",  # wrong column count
+        f"901,x,0,train0001,1,{feat('205', 1)}",  # unparsable number
+        "902,0,0,train0001,1,205\x027001",  # missing separator
+        f"903,0,0,train0001,1,{feat('205', 7001)}\x00",  # garbage byte
+        f"904,0,1,train0001,1,{feat('205', 7001)}",  # click=0, conversion=1
+        f"905,1,0,nosuchrecord,1,{feat('205', 7001)}",  # common record missing
+        f"906,1,0,train0002,2,{feat('205', 7001)}\x01{feat('999', 5)}",  # unknown field: kept
+        f"907,1,0,train0002,3,{feat('205', 7001)}",  # feature_num mismatch
+    ]
+    write_raw(raw, bad)
+    before = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    run(project, "data", {**FILES_PARAMS, "raw_dir": str(raw)})
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == before  # never written
+    cat = catalog(project, {**FILES_PARAMS, "raw_dir": str(raw)})
+    dq = cat.load("data_quality")
+    assert dq["rejected_lines_by_reason"] == {
+        "wrong_column_count": 1,
+        "bad_number": 1,
+        "bad_feature_list": 1,
+        "garbage_bytes": 1,
+        "click0_conversion1": 1,
+        "feature_num_mismatch": 1,
+    }
+    assert dq["parse"]["train_samples"]["unknown_fields"] == {"999": 1}
+    assert dq["encode"]["train_file"]["missing_common_record"] == 1
+    assert dq["encode"]["train_file"]["missing_common_examples"] == [905]
+    q = cat.load("quarantine").read().to_pandas()
+    assert sorted(q["line_number"]) == [201, 202, 203, 204, 205, 208]
+    assert set(q["reason"]) == set(dq["rejected_lines_by_reason"])
+    # Every line is accounted for: 208 lines = 202 valid + 6 rejected; of the 202 rows one has
+    # no common record; the other 201 are split (and training negatives sampled).
+    parsed = dq["parse"]["train_samples"]
+    assert (parsed["lines"], parsed["valid_rows"], parsed["rejected"]) == (208, 202, 6)
+    enc = dq["encode"]["train_file"]
+    assert enc["sample_rows"] == 202
+    dropped_negatives = enc["negatives_seen"] - enc["negatives_kept"]
+    assert dq["rows"]["train"] + dq["rows"]["valid"] + dropped_negatives == 201
+
+
+@pytest.mark.slow
+def test_a_file_with_no_valid_row_is_an_error_naming_it(project):
+    raw = project / "user_raw"
+    write_raw(raw)
+    (raw / COMMON.format("test")).write_text("")
+    with pytest.raises(Exception, match="common_features_test.csv"):
+        run(project, "data", {**FILES_PARAMS, "raw_dir": str(raw)})
+
+
+@pytest.mark.slow
+def test_generator_refuses_to_overwrite_foreign_files(project):
+    raw = project / "user_raw"
+    write_raw(raw)
+    with pytest.raises(Exception, match="refusing to overwrite"):
+        run(project, "data_generation", {**TINY, "raw_dir": str(raw)})
+    assert "train0000" in (raw / SKELETON.format("train")).read_text()
+
+
+@pytest.mark.slow
+def test_generator_skips_its_own_identical_files(project):
+    run(project, "data_generation")
+    raw = project / "data/01_raw/aliccp_synthetic"
+    stamp = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    run(project, "data_generation")
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == stamp
+
+
+def test_bad_parameter_fails_before_any_work(project):
+    bad = {**TINY, "runtime": {**TINY["runtime"], "epochz": 3}}
+    with pytest.raises(ConfigError, match="runtime.epochz"):
+        run(project, "__default__", bad)
+    assert not (project / "data/01_raw").exists()
+
+
+def test_registry_lists_every_pipeline(project):
+    from kedro.framework.project import pipelines
+
+    assert {
+        "data_generation",
+        "data_processing",
+        "data",
+        "training",
+        "evaluation",
+        "reporting",
+    } <= set(pipelines)
+    default = pipelines["__default__"]
+    names = {n.name for n in default.nodes}
+    assert {
+        "prepare_raw_data",
+        "parse_raw_files",
+        "train_model",
+        "evaluate_model",
+        "build_report",
+    } <= names
+
+
+def test_metrics_history_reads_versions(tmp_path):
+    from rec_pipeline.datasets import JSONVersionsDataset
+
+    base = tmp_path / "m.json"
+    for v, split in (("2026-01-01T00.00.00.000Z", "test"), ("2026-01-02T00.00.00.000Z", "valid")):
+        (base / v).mkdir(parents=True)
+        (base / v / "m.json").write_text(json.dumps({"split": split}))
+    got = JSONVersionsDataset(filepath=str(base)).load()
+    assert [g["data"]["split"] for g in got] == ["test", "valid"]
+    assert JSONVersionsDataset(filepath=str(tmp_path / "none.json")).load() == []
+    assert isinstance(pd.DataFrame(got), pd.DataFrame)
