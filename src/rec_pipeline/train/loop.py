@@ -142,8 +142,8 @@ class Trainer:
         log.info(
             "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
             "LR schedule over %d steps.",
-            f"{sum(p.numel() for p in self.model.parameters()):,}",
-            f"{sum(v for k, v in counts.items() if not k.startswith('embedding')):,}",
+            f"{counts['total']:,}",
+            f"{counts['dense_total']:,}",
             self.device,
             self.amp_dtype,
             self.steps_per_epoch,
