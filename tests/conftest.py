@@ -25,3 +25,17 @@ def encoded_project(tmp_path_factory):
     finally:
         os.chdir(cwd)
     return root
+
+
+@pytest.fixture(scope="session")
+def full_run_project(tmp_path_factory):
+    """A project folder where the whole default chain has run once on the tiny data."""
+    root = tmp_path_factory.mktemp("full_run")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        make_project(root)
+        run(root)
+    finally:
+        os.chdir(cwd)
+    return root

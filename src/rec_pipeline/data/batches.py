@@ -5,8 +5,10 @@ Each side (skeleton samples, common records) becomes one row-major jagged tensor
 ``weights`` [nnz] and ``row_ptr`` [N+1], values of a row sorted by field. A batch is a gather of
 B sample rows plus the U distinct common records they point at, each pooled once by the model.
 
-Every data-dependent size (values in a batch, distinct records) is computed from small host-side
-copies of the row lengths, so a training step never waits on the device for a size.
+A pass over a split is planned once (:class:`BatchPlan`): the row order, each batch's distinct
+common records and every batch's value counts are computed on the device in a few vectorised ops
+and copied to the host once. A step is then slices of the plan and gathers with sizes already
+known on the host: no host-to-device copy and no device sync inside the training loop.
 """
 
 from __future__ import annotations
@@ -54,17 +56,17 @@ class Batch:
 
 @dataclass
 class Jagged:
-    """Row-major jagged values on one device; ``lengths`` is a host copy of the row sizes."""
+    """Row-major jagged values on one device: row r holds ``row_ptr[r]:row_ptr[r+1]``."""
 
     ids: torch.Tensor  # int32 [nnz]
     fields: torch.Tensor  # int16 [nnz]
     weights: torch.Tensor  # float32 [nnz]
     row_ptr: torch.Tensor  # int64 [N+1]
-    lengths: np.ndarray  # int64 [N], host
+    lengths: torch.Tensor  # int64 [N]
 
     @property
     def num_rows(self) -> int:
-        return len(self.lengths)
+        return int(self.lengths.shape[0])
 
     @staticmethod
     def from_shards(shards: ShardSet, field_names: Sequence[str], extra: Sequence[str] = ()):
@@ -92,7 +94,7 @@ class Jagged:
             fields=torch.from_numpy(flds),
             weights=torch.from_numpy(w),
             row_ptr=torch.from_numpy(row_ptr),
-            lengths=lengths,
+            lengths=torch.from_numpy(lengths),
         )
         return jagged, {c: np.concatenate(v) if v else np.empty(0) for c, v in extras.items()}
 
@@ -103,26 +105,44 @@ class Jagged:
             fields=self.fields.to(device),
             weights=self.weights.to(device),
             row_ptr=self.row_ptr.to(device),
+            lengths=self.lengths.to(device),
         )
 
-    def gather(self, rows: torch.Tensor, rows_host: np.ndarray):
-        """Values of ``rows`` [R] as (ids, fields, weights, local row) [n], n known on the host."""
-        lens_host = self.lengths[rows_host]
-        total = int(lens_host.sum())
+    def gather(self, rows: torch.Tensor, total: int):
+        """Values of ``rows`` [R] as (ids, fields, weights, local row) [total].
+
+        ``total`` (the values in those rows) comes from the plan, so no op here waits for the
+        device: ``repeat_interleave`` is told its output size.
+        """
         device = self.ids.device
-        lens = torch.from_numpy(lens_host).to(device, non_blocking=True)
-        starts = self.row_ptr[rows]
+        lens = self.lengths[rows]
         out_start = torch.cumsum(lens, 0) - lens
         local = torch.repeat_interleave(
-            torch.arange(len(rows_host), device=device), lens, output_size=total
+            torch.arange(rows.shape[0], device=device), lens, output_size=total
         )
-        src = starts[local] + torch.arange(total, device=device) - out_start[local]
-        return (
-            self.ids[src].long(),
-            self.fields[src].long(),
-            self.weights[src],
-            local,
-        )
+        src = self.row_ptr[rows][local] + torch.arange(total, device=device) - out_start[local]
+        return self.ids[src].long(), self.fields[src].long(), self.weights[src], local
+
+
+@dataclass
+class BatchPlan:
+    """Index structures of one pass over a split, on the split's device.
+
+    Batch i takes rows ``rows[bounds[i]:bounds[i+1]]``; its distinct common records are
+    ``uniq[ubounds[i]:ubounds[i+1]]`` and row r's record is ``uniq[ubounds[i] + inverse[r]]``.
+    ``sk_total`` / ``cm_total`` are each batch's skeleton / common value counts (host).
+    """
+
+    rows: torch.Tensor  # int64 [n]
+    inverse: torch.Tensor  # int64 [n]
+    uniq: torch.Tensor  # int64 [sum U]
+    bounds: np.ndarray  # int64 [n_batches + 1]
+    ubounds: np.ndarray  # int64 [n_batches + 1]
+    sk_total: np.ndarray  # int64 [n_batches]
+    cm_total: np.ndarray  # int64 [n_batches]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
 
 
 def _interleave(table, field_names: Sequence[str]):
@@ -174,21 +194,59 @@ class SplitData:
         self.sample_id = extra["sample_id"].astype(np.int64)
         self.click_host = extra["click"].astype(np.int8)
         self.conversion_host = extra["conversion"].astype(np.int8)
-        self.common_row_host = extra["common_row"].astype(np.int64)
         self.click = torch.from_numpy(self.click_host.astype(np.float32)).to(self.device)
         self.conversion = torch.from_numpy(self.conversion_host.astype(np.float32)).to(self.device)
-        self.common_row = torch.from_numpy(self.common_row_host).to(self.device)
+        self.common_row = torch.from_numpy(extra["common_row"].astype(np.int64)).to(self.device)
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
-    def batch(self, rows_host: np.ndarray) -> Batch:
-        """Gather the batch of rows ``rows_host`` (int64 [B], host)."""
-        rows = torch.from_numpy(rows_host).to(self.device, non_blocking=True)
-        sk_ids, sk_fields, sk_w, sk_rows = self.skeleton.gather(rows, rows_host)
-        uniq, inverse = np.unique(self.common_row_host[rows_host], return_inverse=True)
-        cm = torch.from_numpy(uniq).to(self.device, non_blocking=True)
-        cm_ids, cm_fields, cm_w, cm_rows = self.commons.gather(cm, uniq)
+    def plan(self, order: np.ndarray, batch_size: int) -> BatchPlan:
+        """Plan a pass over ``order`` (int64 [n] row positions, host) in batches of ``batch_size``.
+
+        The distinct common records of every batch come from one ``unique`` over
+        (batch, record) keys; all per-batch sizes come back to the host in one copy.
+        """
+        dev = self.device
+        n = len(order)
+        bounds = np.append(np.arange(0, n, batch_size, dtype=np.int64), n)
+        nb = len(bounds) - 1
+        rows = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64)).to(dev)
+        batch_of = torch.repeat_interleave(
+            torch.arange(nb, device=dev), torch.from_numpy(np.diff(bounds)).to(dev), output_size=n
+        )
+        n_commons = max(self.commons.num_rows, 1)
+        keys = batch_of * n_commons + self.common_row[rows]
+        ukeys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        ubatch, uniq = ukeys // n_commons, ukeys % n_commons
+        ubounds = torch.searchsorted(ubatch, torch.arange(nb + 1, device=dev))
+        inverse = inverse - ubounds[batch_of]
+        sk_total = torch.zeros(nb, dtype=torch.int64, device=dev).index_add_(
+            0, batch_of, self.skeleton.lengths[rows]
+        )
+        cm_total = torch.zeros(nb, dtype=torch.int64, device=dev).index_add_(
+            0, ubatch, self.commons.lengths[uniq]
+        )
+        host = torch.cat([ubounds, sk_total, cm_total]).cpu().numpy()
+        return BatchPlan(
+            rows=rows,
+            inverse=inverse,
+            uniq=uniq,
+            bounds=bounds,
+            ubounds=host[: nb + 1],
+            sk_total=host[nb + 1 : 2 * nb + 1],
+            cm_total=host[2 * nb + 1 :],
+        )
+
+    def planned_batch(self, plan: BatchPlan, i: int) -> Batch:
+        """Batch ``i`` of a plan: slices and gathers, no copy from the host."""
+        a, b = int(plan.bounds[i]), int(plan.bounds[i + 1])
+        ua, ub = int(plan.ubounds[i]), int(plan.ubounds[i + 1])
+        rows = plan.rows[a:b]
+        sk_ids, sk_fields, sk_w, sk_rows = self.skeleton.gather(rows, int(plan.sk_total[i]))
+        cm_ids, cm_fields, cm_w, cm_rows = self.commons.gather(
+            plan.uniq[ua:ub], int(plan.cm_total[i])
+        )
         return Batch(
             sk_ids=sk_ids,
             sk_fields=sk_fields,
@@ -198,11 +256,16 @@ class SplitData:
             cm_fields=cm_fields,
             cm_weights=cm_w,
             cm_rows=cm_rows,
-            cm_inverse=torch.from_numpy(inverse.reshape(-1)).to(self.device, non_blocking=True),
+            cm_inverse=plan.inverse[a:b],
             click=self.click[rows],
             conversion=self.conversion[rows],
             index=rows,
         )
+
+    def batch(self, rows_host: np.ndarray) -> Batch:
+        """One batch of the given rows (int64 [B], host)."""
+        rows_host = np.asarray(rows_host, dtype=np.int64)
+        return self.planned_batch(self.plan(rows_host, max(len(rows_host), 1)), 0)
 
     def iter_batches(
         self,
@@ -219,9 +282,13 @@ class SplitData:
         """
         n = len(self)
         order = generator.permutation(n) if shuffle else np.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for s in range(start * batch_size, stop, batch_size):
-            yield self.batch(order[s : s + batch_size])
+        if drop_last:
+            order = order[: n - n % batch_size]
+        if len(order) == 0:
+            return
+        plan = self.plan(order, batch_size)
+        for i in range(start, len(plan)):
+            yield self.planned_batch(plan, i)
 
 
 def load_commons(shards: ShardSet, common_fields: Sequence[str], device="cpu") -> Jagged:

@@ -201,7 +201,8 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        sums: dict[str, torch.Tensor] = {}
+        names: list[str] = []
+        sums: torch.Tensor | None = None  # running sums of the loss components, on the device
         n_in_window, t_window, rows_window = 0, time.perf_counter(), 0
         t_start = time.perf_counter()
         self.model.train()
@@ -213,15 +214,14 @@ class Trainer:
             ):
                 if self.step >= self.stop_step:
                     break
-                comps = self._train_step(batch)
-                for k, v in comps.items():
-                    sums[k] = sums[k] + v if k in sums else v.clone()
+                names, values = self._train_step(batch)
+                sums = values if sums is None else sums + values
                 n_in_window += 1
                 rows_window += batch.size
                 self.step += 1
                 bar.update(1)
                 if self.step % rt.log_every == 0 or self.step == self.stop_step:
-                    means = {k: float(v) / n_in_window for k, v in sums.items()}
+                    means = dict(zip(names, (sums / n_in_window).tolist(), strict=True))
                     dt = time.perf_counter() - t_window
                     means["samples_per_s"] = rows_window / max(dt, 1e-9)
                     means.update(self._schedule_values())
@@ -239,7 +239,7 @@ class Trainer:
                         means["lr_dense"],
                         means["samples_per_s"],
                     )
-                    sums, n_in_window, rows_window = {}, 0, 0
+                    sums, n_in_window, rows_window = None, 0, 0
                     t_window = time.perf_counter()
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 if (
@@ -261,7 +261,7 @@ class Trainer:
             out[f"pos_weight_{task}"] = w
         return out
 
-    def _train_step(self, batch) -> dict[str, torch.Tensor]:
+    def _train_step(self, batch) -> tuple[list[str], torch.Tensor]:
         cfg, rt = self.cfg, self.cfg.runtime
         with autocast(self.device, self.amp_dtype):
             out = self.model(batch)
@@ -294,9 +294,10 @@ class Trainer:
             self.opt.sparse.step()
         self.scaler.update()
         self.scheds.step()
-        comps = {k: v.detach() for k, v in res.components.items()}
-        comps["loss_total"] = res.total.detach()
-        return comps
+        # One stacked vector per step: one add per step, one device read per log line.
+        names = [*res.components, "loss_total"]
+        values = torch.stack([*res.components.values(), res.total]).detach().float()
+        return names, values
 
     # -------------------------------------------------------------------------- validation
     def _validate(self) -> None:
