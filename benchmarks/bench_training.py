@@ -3,8 +3,8 @@
 Reads the latest encoded splits and metadata of a project data root (run `kedro run --pipeline=data`
 first), loads them onto the device once, and times, per batch size:
 
-* ``gather``: building batches only (the data path: index bookkeeping on the host, jagged
-  gathers on the device), the floor under any training step;
+* ``gather``: building batches only (slices of the epoch's plan and jagged gathers on the
+  device), the floor under any training step; ``plan_epoch_s`` is the once-per-epoch planning;
 * ``step``: a full training step (gather, forward under autocast, fp32 losses, backward, dense
   AdamW + sparse Adam, schedulers), through the project's own Trainer.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import glob
 import json
 import time
@@ -33,6 +34,12 @@ from rec_pipeline.train.loop import Trainer
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _batches(train: SplitData, plan, k: int):
+    """k batches of the epoch plan, wrapping around."""
+    for i in range(k):
+        yield train.planned_batch(plan, i % len(plan))
 
 
 def main() -> None:
@@ -79,16 +86,15 @@ def main() -> None:
         p["optim"]["lr_scheduler"]["warmup_steps"] = 1
         cfg = load_config(p)
         trainer = Trainer(cfg, meta, train, None)
-        rng = np.random.default_rng(0)
-        order = rng.permutation(len(train))
-        n_batches = len(train) // bs
+        order = np.random.default_rng(0).permutation(len(train))
+        _sync(device)
+        t = time.perf_counter()
+        plan = train.plan(order, bs)  # once per epoch in training
+        _sync(device)
+        plan_s = time.perf_counter() - t
+        batches = functools.partial(_batches, train, plan)
 
         # The data path alone.
-        def batches(k):
-            for i in range(k):
-                j = i % n_batches
-                yield train.batch(order[j * bs : (j + 1) * bs])
-
         for _ in batches(args.warmup):
             pass
         _sync(device)
@@ -124,6 +130,7 @@ def main() -> None:
             "peak_gpu_mib": None if peak is None else peak / 2**20,
             "amp": str(trainer.amp_dtype),
             "load_s": load_s,
+            "plan_epoch_s": plan_s,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
