@@ -12,11 +12,13 @@ The world
   shop (207) and brand (216) from that topic (Zipf-like popularity inside the topic) and 1-4
   distinct intention nodes (210) from the topic's nodes.
 * **Items** (205) have Zipf popularity (exponent ``item_zipf``), a latent vector
-  ``v = (C[category] + noise) / sqrt(2)`` in R^k, a CTR effect and a CVR "quality" effect.
+  ``v = (C[category] + latent_noise * noise) / sqrt(1 + latent_noise^2)`` in R^k, a CTR effect
+  and a CVR "quality" effect.
 * **Users** (101) have eight profile fields (121 profile, 122 group, 124 gender, 125 age,
   126 / 127 consumption level I / II, 128 occupation, 129 geography), an activity weight, a topic
   preference ``theta`` (Dirichlet around the topic popularity) and a latent vector
-  ``u = (P124[gender] + P125[age] + P126[consumption] + noise) / 2`` in R^k.
+  ``u = (P124[gender] + P125[age] + P126[consumption] + latent_noise * noise) / sqrt(3 +
+  latent_noise^2)`` in R^k.
 * **Common records** (one line of ``common_features_*.csv``, a user's session) belong to a user
   drawn by activity, so a user owns several records across both splits. Each record carries the
   user's profile and its own 14-day behaviour: about ``behaviour_events_mean`` past events (an
@@ -116,7 +118,7 @@ __all__ = [
 ]
 
 # Part of the fingerprint: bump it whenever the bytes written for a given config change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = "_synthetic.json"
 SPLITS = ("train", "test")
 RAW_FILE_NAMES = (
@@ -189,6 +191,11 @@ class SyntheticConfig:
     n_topics: int = 24
     n_positions: int = 4
     latent_dim: int = 8
+    # Idiosyncratic part of the user / item latent vectors, relative to the profile / category
+    # part. The profile and category parts are learnable through field interactions; the
+    # idiosyncratic part only through user-id x item-id pairs, which no realistic amount of
+    # data pins down, so a large value makes the oracle unreachable by any model.
+    latent_noise: float = 0.35
     # Mean number of 14-day behaviour events of a common record (sets the behaviour list lengths).
     behaviour_events_mean: float = 100.0
     # Probability that an impressed item comes from the user's interest topics.
@@ -229,8 +236,10 @@ class SyntheticConfig:
                 raise ValueError(f"SyntheticConfig.{name} must be in (0, 1)")
         if not 0.0 <= self.relevance <= 1.0:
             raise ValueError("SyntheticConfig.relevance must be in [0, 1]")
-        if self.item_zipf < 0 or self.interaction_scale < 0:
-            raise ValueError("SyntheticConfig.item_zipf and interaction_scale must be >= 0")
+        if self.item_zipf < 0 or self.interaction_scale < 0 or self.latent_noise < 0:
+            raise ValueError(
+                "SyntheticConfig.item_zipf, interaction_scale and latent_noise must be >= 0"
+            )
         for name in ("n_items", "n_categories", "n_shops", "n_brands", "n_intentions"):
             if getattr(self, name) < self.n_topics:
                 raise ValueError(f"SyntheticConfig.{name} must be >= n_topics ({self.n_topics})")
@@ -614,19 +623,22 @@ def _build_world(config: SyntheticConfig) -> _World:
     p_gender = rng.normal(size=(PROFILE_CARDINALITY["124"], k))
     p_age = rng.normal(size=(PROFILE_CARDINALITY["125"], k))
     p_cons = rng.normal(size=(PROFILE_CARDINALITY["126"], k))
+    noise = config.latent_noise
     user_u = (
         p_gender[profile[:, col["124"]]]
         + p_age[profile[:, col["125"]]]
         + p_cons[profile[:, col["126"]]]
-        + rng.normal(size=(n_users, k))
-    ) / 2.0
+        + noise * rng.normal(size=(n_users, k))
+    ) / math.sqrt(3.0 + noise**2)
     user_effect = np.zeros(n_users)
     for f in PROFILE_FIELDS:
         effect = rng.normal(0.0, 1.0, size=PROFILE_CARDINALITY[f])
         user_effect += effect[profile[:, col[f]]]
 
     cat_latent = rng.normal(size=(config.n_categories, k))
-    item_v = (cat_latent[item_cat] + rng.normal(size=(n_items, k))) / math.sqrt(2.0)
+    item_v = (cat_latent[item_cat] + noise * rng.normal(size=(n_items, k))) / math.sqrt(
+        1.0 + noise**2
+    )
 
     # ---- effects
     pos_effect = -np.arange(config.n_positions, dtype=np.float64)

@@ -1,0 +1,124 @@
+"""The whole data-processing path on one core: parse -> vocabularies -> split/sample/encode.
+
+Writes planted-truth raw files with the project's generator at two sizes (4x apart by default),
+then, in a fresh subprocess per size, runs the data-processing nodes' functions exactly as Kedro
+does (each yielded chunk written as a Parquet shard), and reports raw MB/s per stage and for the
+whole path, and the subprocess's peak RSS. Memory must stay flat as the input grows.
+
+    python benchmarks/bench_data_pipeline.py --rows 500000 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS = (
+    "parsed_train_samples",
+    "parsed_train_commons",
+    "parsed_test_samples",
+    "parsed_test_commons",
+    "quarantine",
+)
+ENCODED = ("train", "valid", "test", "train_commons", "test_commons")
+
+
+def _measure(raw_dir: str, work: str) -> dict:
+    """Runs in a fresh process: the three data nodes with real shard writes."""
+    from rec_pipeline.data.raw import RawFiles
+    from rec_pipeline.data.shards import ShardSet, ShardWriter
+    from rec_pipeline.pipelines.data_processing.nodes import (
+        build_vocabularies,
+        encode_features,
+        parse_raw_files,
+    )
+
+    params = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())
+    raw = RawFiles(Path(raw_dir)).check()
+    work_dir = Path(work)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    writers = {n: ShardWriter(work_dir / n) for n in SHARDS}
+    for w in writers.values():
+        w.reset()
+    t0 = time.perf_counter()
+    for outs in parse_raw_files(raw, params):
+        for name, table in zip(SHARDS, outs[:5], strict=True):
+            writers[name].write(table)
+    t1 = time.perf_counter()
+    parsed = [ShardSet(work_dir / n) for n in SHARDS[:4]]
+    vocab = build_vocabularies(parsed[0], parsed[1], params)
+    t2 = time.perf_counter()
+    enc = {n: ShardWriter(work_dir / f"encoded_{n}") for n in ENCODED}
+    for w in enc.values():
+        w.reset()
+    for outs in encode_features(*parsed, vocab, params):
+        for name, table in zip(ENCODED, outs[:5], strict=True):
+            enc[name].write(table)
+    t3 = time.perf_counter()
+    return {
+        "parse_s": t1 - t0,
+        "vocab_s": t2 - t1,
+        "encode_s": t3 - t2,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_imports_mb": rss0 / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[500_000, 2_000_000])
+    ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(_measure(*args.measure)))
+        return
+
+    from rec_pipeline.data.synthetic import SyntheticConfig, write_synthetic
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.rows:
+            raw = Path(tmp) / f"raw_{n}"
+            # The world grows with the data, as the generator's docstring advises.
+            scale = n / 600_000
+            cfg = SyntheticConfig(
+                n_train_rows=n,
+                n_test_rows=n // 4,
+                n_users=max(int(8000 * scale), 100),
+                n_items=max(int(20000 * scale), 100),
+            )
+            write_synthetic(raw, cfg)
+            mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
+            work = Path(tmp) / f"work_{n}"
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", str(raw), str(work)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            total = r["parse_s"] + r["vocab_s"] + r["encode_s"]
+            r.update({"train_rows": n, "raw_mb": mb, "total_s": total, "mb_per_s": mb / total})
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    print("\n| train rows | raw MB | parse s | vocab s | encode s | total s | MB/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['train_rows']:,} | {r['raw_mb']:,.0f} | {r['parse_s']:.1f} | {r['vocab_s']:.1f} |"
+            f" {r['encode_s']:.1f} | {r['total_s']:.1f} | {r['mb_per_s']:.0f} |"
+            f" {r['peak_rss_mb']:,.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
