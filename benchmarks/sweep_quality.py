@@ -1,0 +1,111 @@
+"""Test AUCs against the planted-truth oracle for several parameter overrides, on one dataset.
+
+Reads the latest encoded data of a data root (run `kedro run --pipeline=data` first), trains
+once per override set (dotted keys, as for `kedro run --params`), evaluates the best checkpoint
+on the test split and prints one table row per run with the oracle AUCs and the gaps.
+
+    python benchmarks/sweep_quality.py --data-root data \\
+        "runtime.epochs=2" "runtime.epochs=2,optim.sparse.lr=0.01"
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from rec_pipeline.config import load_config
+from rec_pipeline.data.batches import SplitData, load_commons
+from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.train.inference import evaluate_split
+from rec_pipeline.train.loop import Trainer, model_from_checkpoint
+
+
+def apply(params: dict, overrides: str) -> dict:
+    out = copy.deepcopy(params)
+    for item in filter(None, overrides.split(",")):
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="+", help='e.g. "runtime.epochs=2,optim.sparse.lr=0.01"')
+    ap.add_argument("--data-root", default="data")
+    ap.add_argument("--params", default="conf/base/parameters.yml")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    root = Path(args.data_root)
+    meta_path = sorted(glob.glob(str(root / "05_model_input/metadata.json/*/metadata.json")))[-1]
+    meta = json.loads(Path(meta_path).read_text())
+    enc = root / "05_model_input/encoded"
+    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
+    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
+    dev = torch.device(args.device)
+    commons = load_commons(ShardSet(enc / "train_commons"), cm, dev)
+    train = SplitData(ShardSet(enc / "train"), commons, sk, dev)
+    valid = SplitData(ShardSet(enc / "valid"), commons, sk, dev)
+    test = SplitData(
+        ShardSet(enc / "test"), load_commons(ShardSet(enc / "test_commons"), cm, dev), sk, dev
+    )
+    truth_path = root / "01_raw/aliccp_synthetic/truth_test.parquet"
+    truth = pd.read_parquet(truth_path) if truth_path.exists() else None
+    base = yaml.safe_load(Path(args.params).read_text())
+    rows = []
+    for ov in args.overrides:
+        p = apply(base, ov)
+        p["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})
+        cfg = load_config(p)
+        t0 = time.perf_counter()
+        res = Trainer(cfg, meta, train, valid).fit()
+        model = model_from_checkpoint(res.checkpoint, "best", dev)
+        m, _ = evaluate_split(
+            model,
+            test,
+            batch_size=65536,
+            esmm=cfg.use_esmm,
+            keep_prob=meta["neg_keep_prob_train"],
+            n_bins=10,
+            truth=truth,
+        )
+        row = {
+            "overrides": ov,
+            "seconds": time.perf_counter() - t0,
+            "best_step": res.summary["best_step"],
+        }
+        for t, v in m["tasks"].items():
+            row[f"auc_{t}"], row[f"oracle_{t}"] = v["auc"], v["oracle_auc"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| overrides | s | best step | CTR (oracle) | CVR (oracle) | CTCVR (oracle) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [
+            f"{r[f'auc_{t}']:.4f} ({r[f'oracle_{t}']:.4f})" if r[f"auc_{t}"] is not None else "n/a"
+            for t in ("ctr", "cvr", "ctcvr")
+        ]
+        print(
+            f"| `{r['overrides']}` | {r['seconds']:.0f} | {r['best_step']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
