@@ -365,6 +365,7 @@ def render_report(
                 _comparison_table(metrics, previous_metrics),
             )
         )
+    sections.append(("figures", "Figures", _figures_section(figures or {})))
     sections.append(
         (
             "data",
@@ -372,7 +373,6 @@ def render_report(
             render_value(data_summary) if data_summary else '<p class="muted">No data summary.</p>',
         )
     )
-    sections.append(("figures", "Figures", _figures_section(figures or {})))
     params_html = (
         f"<details><summary>Show parameters</summary><pre>{_e(_params_text(params))}</pre></details>"
         if params

@@ -205,6 +205,7 @@ class Trainer:
         sums: torch.Tensor | None = None  # running sums of the loss components, on the device
         n_in_window, t_window, rows_window = 0, time.perf_counter(), 0
         t_start = time.perf_counter()
+        rows_seen, valid_s = 0, 0.0
         self.model.train()
         while self.step < self.stop_step:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -218,6 +219,7 @@ class Trainer:
                 sums = values if sums is None else sums + values
                 n_in_window += 1
                 rows_window += batch.size
+                rows_seen += batch.size
                 self.step += 1
                 bar.update(1)
                 if self.step % rt.log_every == 0 or self.step == self.stop_step:
@@ -247,11 +249,13 @@ class Trainer:
                     or end_of_epoch
                     or self.step == self.stop_step
                 ):
+                    t_valid = time.perf_counter()
                     self._validate()
+                    valid_s += time.perf_counter() - t_valid
                     t_window = time.perf_counter()  # validation time is not training throughput
         bar.close()
         elapsed = time.perf_counter() - t_start
-        return self._result(elapsed)
+        return self._result(elapsed, valid_s, rows_seen)
 
     def _schedule_values(self) -> dict[str, float]:
         out = {"lr_dense": self.opt.dense.param_groups[0]["lr"]}
@@ -324,7 +328,7 @@ class Trainer:
             self.best = {"step": self.step, "metrics": flat, "state_dict": _cpu_state(self.model)}
 
     # ------------------------------------------------------------------------------ result
-    def _result(self, elapsed: float) -> TrainResult:
+    def _result(self, elapsed: float, valid_s: float, rows_seen: int) -> TrainResult:
         last_state = self._state() if self.cfg.runtime.save_last else None
         if self.best is None:
             # No validation split (or no AUC yet): the last weights are the best we have.
@@ -349,6 +353,9 @@ class Trainer:
             "epochs_equivalent": self.step / self.steps_per_epoch,
             "train_rows": train_rows,
             "seconds": elapsed,
+            "validation_seconds": valid_s,
+            # Training throughput of this run (validation excluded).
+            "samples_per_s": rows_seen / max(elapsed - valid_s, 1e-9),
             "device": str(self.device),
             "amp_dtype": str(self.amp_dtype),
             "best_step": self.best["step"],

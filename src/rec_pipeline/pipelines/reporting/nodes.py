@@ -26,6 +26,27 @@ def data_summary(metadata: dict, data_quality: dict) -> dict:
     }
 
 
+def training_overview(summary: dict) -> dict:
+    """The scalar facts of a training run (the full summary is its own dataset)."""
+    keys = (
+        "device",
+        "amp_dtype",
+        "steps",
+        "epochs_equivalent",
+        "train_rows",
+        "seconds",
+        "validation_seconds",
+        "samples_per_s",
+        "best_step",
+    )
+    out = {k: summary.get(k) for k in keys}
+    if "peak_gpu_memory_bytes" in summary:
+        out["peak_gpu_memory_mib"] = summary["peak_gpu_memory_bytes"] / 2**20
+    out["dense_parameters"] = summary.get("parameter_counts", {}).get("dense_total")
+    out["all_parameters"] = summary.get("parameter_counts", {}).get("total")
+    return out
+
+
 def build_report(
     training_history: pd.DataFrame,
     training_summary: dict,
@@ -40,7 +61,10 @@ def build_report(
     html = render_report(
         figures,
         params=parameters,
-        data_summary={**data_summary(metadata, data_quality), "training": training_summary},
+        data_summary={
+            "training": training_overview(training_summary),
+            **data_summary(metadata, data_quality),
+        },
         metrics=evaluation_metrics,
         previous_metrics=previous_metrics(evaluation_metrics, evaluation_metrics_versions),
         title=f"rec_pipeline report: {parameters.get('experiment', {}).get('name', 'run')}",
