@@ -18,6 +18,7 @@ import copy
 import functools
 import glob
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from rec_pipeline.config import load_config
 from rec_pipeline.data.batches import SplitData, load_commons
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.loop import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_quality import apply  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -51,6 +55,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="timed steps per batch size")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument(
+        "--override", default="", help='dotted parameter overrides, e.g. "runtime.amp=false"'
+    )
     args = ap.parse_args()
 
     root = Path(args.data_root)
@@ -63,7 +70,7 @@ def main() -> None:
     commons = load_commons(ShardSet(root / "05_model_input/encoded/train_commons"), cm, device)
     train = SplitData(ShardSet(root / "05_model_input/encoded/train"), commons, sk, device)
     load_s = time.perf_counter() - t0
-    base = yaml.safe_load(Path(args.params).read_text())
+    base = apply(yaml.safe_load(Path(args.params).read_text()), args.override)
     rows = []
     for bs in args.batch_sizes:
         p = copy.deepcopy(base)
@@ -129,6 +136,7 @@ def main() -> None:
             "gather_share": gather_s / step_s,
             "peak_gpu_mib": None if peak is None else peak / 2**20,
             "amp": str(trainer.amp_dtype),
+            "override": args.override,
             "load_s": load_s,
             "plan_epoch_s": plan_s,
         }
