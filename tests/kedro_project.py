@@ -60,8 +60,8 @@ def run(project: Path, pipeline: str = "__default__", params: dict | None = None
         return s.run(pipeline_names=[pipeline])
 
 
-def catalog(project: Path, params: dict | None = None):
-    with KedroSession.create(project_path=project, runtime_params=params or TINY) as s:
+def catalog(project: Path, params: dict | None = None, **kw):
+    with KedroSession.create(project_path=project, runtime_params=params or TINY, **kw) as s:
         return s.load_context().catalog
 
 

@@ -193,3 +193,18 @@ def test_metrics_history_reads_versions(tmp_path):
     assert [g["data"]["split"] for g in got] == ["test", "valid"]
     assert JSONVersionsDataset(filepath=str(tmp_path / "none.json")).load() == []
     assert isinstance(pd.DataFrame(got), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_real_data_environment_reads_a_named_folder(project):
+    """`kedro run --env=aliccp --params raw_dir=...`: the source recipe on the user's files."""
+    raw = project / "user_raw"
+    write_raw(raw)
+    params = {"raw_dir": str(raw), "vocab": {"min_count": 1}}
+    run(project, "data", params, env="aliccp")
+    meta_dir = project / "data/aliccp/05_model_input/metadata.json"
+    assert meta_dir.is_dir()  # the aliccp environment keeps its artefacts apart
+    assert not (project / "data/05_model_input").exists()
+    cat_params = catalog(project, params, env="aliccp").load("parameters")
+    assert cat_params["optim"]["lr_scheduler"]["total_steps"] == 40000  # the source recipe
+    assert cat_params["data"]["source"] == "files"
