@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import glob
 import json
 import sys
 import time
@@ -27,11 +26,11 @@ import torch
 import yaml
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
-from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.data.batches import SplitData
 from rec_pipeline.train.loop import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+import encoded_data  # noqa: E402
 from sweep_quality import apply  # noqa: E402
 
 
@@ -60,15 +59,10 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    root = Path(args.data_root)
-    meta_path = sorted(glob.glob(str(root / "05_model_input/metadata.json/*/metadata.json")))[-1]
-    meta = json.loads(Path(meta_path).read_text())
     device = torch.device(args.device)
-    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
-    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
     t0 = time.perf_counter()
-    commons = load_commons(ShardSet(root / "05_model_input/encoded/train_commons"), cm, device)
-    train = SplitData(ShardSet(root / "05_model_input/encoded/train"), commons, sk, device)
+    meta, splits, _ = encoded_data.load(args.data_root, device)
+    train = splits["train"]
     load_s = time.perf_counter() - t0
     base = apply(yaml.safe_load(Path(args.params).read_text()), args.override)
     rows = []

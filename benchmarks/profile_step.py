@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
-import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,10 +21,12 @@ import torch
 import yaml
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
-from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import autocast
 from rec_pipeline.train.loop import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+import encoded_data  # noqa: E402
+
 from rec_pipeline.train.losses import compute_losses
 
 
@@ -38,15 +39,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     args = ap.parse_args()
 
-    root = Path(args.data_root)
-    meta_path = sorted(glob.glob(str(root / "05_model_input/metadata.json/*/metadata.json")))[-1]
-    meta = json.loads(Path(meta_path).read_text())
     dev = torch.device(args.device)
-    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
-    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
-    enc = root / "05_model_input/encoded"
-    commons = load_commons(ShardSet(enc / "train_commons"), cm, dev)
-    train = SplitData(ShardSet(enc / "train"), commons, sk, dev)
+    meta, splits, _ = encoded_data.load(args.data_root, dev)
+    train = splits["train"]
     p = copy.deepcopy(yaml.safe_load(Path(args.params).read_text()))
     p["data"]["batch_size"] = args.batch_size
     p["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 import yaml
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
-from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split
 from rec_pipeline.train.loop import Trainer, model_from_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+import encoded_data  # noqa: E402
 
 
 def apply(params: dict, overrides: str) -> dict:
@@ -49,21 +49,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    root = Path(args.data_root)
-    meta_path = sorted(glob.glob(str(root / "05_model_input/metadata.json/*/metadata.json")))[-1]
-    meta = json.loads(Path(meta_path).read_text())
-    enc = root / "05_model_input/encoded"
-    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
-    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
     dev = torch.device(args.device)
-    commons = load_commons(ShardSet(enc / "train_commons"), cm, dev)
-    train = SplitData(ShardSet(enc / "train"), commons, sk, dev)
-    valid = SplitData(ShardSet(enc / "valid"), commons, sk, dev)
-    test = SplitData(
-        ShardSet(enc / "test"), load_commons(ShardSet(enc / "test_commons"), cm, dev), sk, dev
-    )
-    truth_path = root / "01_raw/aliccp_synthetic/truth_test.parquet"
-    truth = pd.read_parquet(truth_path) if truth_path.exists() else None
+    meta, splits, truth = encoded_data.load(args.data_root, dev, ("train", "valid", "test"))
+    train, valid, test = splits["train"], splits["valid"], splits["test"]
     base = yaml.safe_load(Path(args.params).read_text())
     rows = []
     for ov in args.overrides:

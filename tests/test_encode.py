@@ -297,3 +297,28 @@ def test_empty_split_loads(tmp_path, n):
     commons, _ = Jagged.from_shards(cshards, CM)
     data = SplitData(ShardSet(tmp_path / "empty"), commons, SK, "cpu")
     assert len(data) == n and list(data.iter_batches(8)) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_planned_batches_on_cuda_match_the_cpu(tmp_path):
+    shards, cshards, table, _ = _encoded(tmp_path)
+    commons, _ = Jagged.from_shards(cshards, CM)
+    cpu = SplitData(shards, commons, SK, "cpu")
+    gpu = SplitData(shards, commons, SK, "cuda")
+    order = np.random.default_rng(0).permutation(len(cpu))
+    for a, b in zip(
+        cpu.iter_batches(37, shuffle=True, generator=np.random.default_rng(1)),
+        gpu.iter_batches(37, shuffle=True, generator=np.random.default_rng(1)),
+        strict=True,
+    ):
+        for name in (
+            "sk_ids",
+            "sk_fields",
+            "sk_weights",
+            "sk_rows",
+            "cm_ids",
+            "cm_inverse",
+            "click",
+        ):
+            assert torch.equal(getattr(a, name), getattr(b, name).cpu()), name
+    assert len(order) == table.num_rows

@@ -294,3 +294,24 @@ class SplitData:
 def load_commons(shards: ShardSet, common_fields: Sequence[str], device="cpu") -> Jagged:
     jagged, _ = Jagged.from_shards(shards, common_fields)
     return jagged.to(device)
+
+
+def side_fields(metadata: dict) -> tuple[list[str], list[str]]:
+    """Raw field ids of the skeleton and the common side, in the model's field order."""
+    fields = metadata["fields"]
+    return (
+        [f["raw"] for f in fields if f["side"] == "skeleton"],
+        [f["raw"] for f in fields if f["side"] == "common"],
+    )
+
+
+def load_splits(
+    metadata: dict,
+    samples: dict[str, ShardSet],
+    commons: ShardSet,
+    device: torch.device | str = "cpu",
+) -> dict[str, SplitData]:
+    """Several splits of one raw file (e.g. train and valid), sharing one commons table."""
+    skeleton, common = side_fields(metadata)
+    table = load_commons(commons, common, device)
+    return {name: SplitData(s, table, skeleton, device) for name, s in samples.items()}

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
+from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
@@ -35,11 +35,9 @@ def evaluate_model(
     metadata = model_checkpoint["metadata"]
     trained = load_config(model_checkpoint["config"])
     model = model_from_checkpoint(model_checkpoint, ev.checkpoint, device)
-    skeleton = [f["raw"] for f in metadata["fields"] if f["side"] == "skeleton"]
-    common = [f["raw"] for f in metadata["fields"] if f["side"] == "common"]
     samples = {"train": encoded_train, "valid": encoded_valid, "test": encoded_test}[ev.split]
-    commons_shards = encoded_test_commons if ev.split == "test" else encoded_train_commons
-    data = SplitData(samples, load_commons(commons_shards, common, device), skeleton, device)
+    commons = encoded_test_commons if ev.split == "test" else encoded_train_commons
+    data = load_splits(metadata, {ev.split: samples}, commons, device)[ev.split]
     metrics, preds = evaluate_split(
         model,
         data,

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
+from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
@@ -33,11 +33,10 @@ def train_model(
     """Train per ``parameters``; returns checkpoint, history, summary, auto-eval predictions."""
     cfg = load_config(parameters)
     device = resolve_device(cfg.runtime.device)
-    skeleton = [f["raw"] for f in metadata["fields"] if f["side"] == "skeleton"]
-    common = [f["raw"] for f in metadata["fields"] if f["side"] == "common"]
-    commons = load_commons(encoded_train_commons, common, device)
-    train = SplitData(encoded_train, commons, skeleton, device)
-    valid = SplitData(encoded_valid, commons, skeleton, device)
+    splits = load_splits(
+        metadata, {"train": encoded_train, "valid": encoded_valid}, encoded_train_commons, device
+    )
+    train, valid = splits["train"], splits["valid"]
     log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(train), len(valid), device)
     resume = None
     if cfg.runtime.resume_path:
@@ -49,8 +48,8 @@ def train_model(
         split = cfg.runtime.auto_eval_split
         data = valid
         if split == "test":
-            test_commons = load_commons(encoded_test_commons, common, device)
-            data = SplitData(encoded_test, test_commons, skeleton, device)
+            test = {"test": encoded_test}
+            data = load_splits(metadata, test, encoded_test_commons, device)["test"]
         model = model_from_checkpoint(result.checkpoint, cfg.runtime.auto_eval_ckpt, device)
         metrics, p = evaluate_split(
             model,
