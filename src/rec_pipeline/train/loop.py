@@ -251,8 +251,9 @@ class Trainer:
                 ):
                     t_valid = time.perf_counter()
                     self._validate()
-                    valid_s += time.perf_counter() - t_valid
-                    t_window = time.perf_counter()  # validation time is not training throughput
+                    spent = time.perf_counter() - t_valid
+                    valid_s += spent
+                    t_window += spent  # validation time is not training throughput
         bar.close()
         elapsed = time.perf_counter() - t_start
         return self._result(elapsed, valid_s, rows_seen)
