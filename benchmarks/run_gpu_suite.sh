@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/README.md, from the repository root of a CUDA machine:
-#   OUT_DIR=gpu_results TRAIN_ROWS=8000000 bash benchmarks/run_gpu_suite.sh
+#   OUT_DIR=gpu_results bash benchmarks/run_gpu_suite.sh
 # 1. exact AUC on 40M rows; 2. the whole `kedro run` chain at scale on the GPU (data pipeline,
 # training, evaluation, report); 3. training-step throughput at several batch sizes.
 set -euo pipefail
 OUT_DIR=${OUT_DIR:-gpu_results}
-TRAIN_ROWS=${TRAIN_ROWS:-8000000}
-TEST_ROWS=${TEST_ROWS:-2000000}
+TRAIN_ROWS=${TRAIN_ROWS:-3000000}
+TEST_ROWS=${TEST_ROWS:-500000}
 mkdir -p "$OUT_DIR"
 export KEDRO_DISABLE_TELEMETRY=true PYTHONUNBUFFERED=1
 
@@ -23,7 +23,7 @@ python benchmarks/bench_auc.py --device cuda | tee "$OUT_DIR/auc.md"
 echo "== kedro run at $TRAIN_ROWS train rows"
 start=$(date +%s)
 python -m kedro run --params "synthetic.n_train_rows=$TRAIN_ROWS,synthetic.n_test_rows=$TEST_ROWS,\
-synthetic.n_users=60000,synthetic.n_items=120000,runtime.epochs=1,runtime.log_every=200,\
+synthetic.n_users=8000,synthetic.n_items=10000,runtime.log_every=200,\
 runtime.valid_every=1000,runtime.grad_diag_every=200,runtime.progress_bar=false" \
   >"$OUT_DIR/kedro_run.log" 2>&1
 echo "kedro run seconds: $(( $(date +%s) - start ))" | tee -a "$OUT_DIR/kedro_run.log"
@@ -33,6 +33,11 @@ for f in 07_model_output/training_summary.json 08_reporting/evaluation_metrics.j
   cp "$(ls -d data/$f/*/ | tail -1)$(basename "$f")" "$OUT_DIR/" 2>/dev/null || true
 done
 
-echo "== training throughput"
+echo "== training throughput (bf16 autocast, then fp32)"
 python benchmarks/bench_training.py --device cuda --batch-sizes 1024 4096 16384 65536 \
-  --json "$OUT_DIR/training.json" 2>&1 | grep -v INFO
+  --json "$OUT_DIR/training_amp.json" 2>&1 | grep -v INFO
+python benchmarks/bench_training.py --device cuda --batch-sizes 1024 4096 16384 65536 \
+  --override runtime.amp=false --json "$OUT_DIR/training_fp32.json" 2>&1 | grep -v INFO
+
+echo "== where a step's time goes"
+python benchmarks/profile_step.py --device cuda --batch-size 1024 2>&1 | grep -v INFO | head -40
