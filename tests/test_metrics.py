@@ -468,3 +468,25 @@ def test_flat_metrics_of_flat_dict():
         "auc_ctr": 0.7,
         "n": 3.0,
     }
+
+
+def test_ctr_pos_weight_correction_divides_the_odds():
+    from rec_pipeline.metrics.calibration import rescale_odds
+
+    click = np.array([0, 1, 0, 1, 0, 0], np.int8)
+    q = np.array([0.5, 0.8, 0.2, 0.9, 0.5, 0.1])
+    m = compute_metrics(
+        click, np.zeros(6), q, np.full(6, 0.1), esmm=True, keep_prob=0.5, ctr_pos_weight=4.0
+    )
+    # odds(p) = odds(q) * keep / w, in float64 by hand
+    odds = q / (1 - q) * 0.5 / 4.0
+    expect = odds / (1 + odds)
+    got_mean = m["tasks"]["ctr"]["mean_pred"]
+    assert abs(got_mean - expect.mean()) < 1e-12
+    assert np.allclose(rescale_odds(q, 0.125), expect, rtol=0, atol=1e-15)
+    assert m["ctr_pos_weight"] == 4.0
+    # AUC does not depend on a monotone correction
+    plain = compute_metrics(click, np.zeros(6), q, np.full(6, 0.1), esmm=True)
+    assert m["tasks"]["ctr"]["auc"] == plain["tasks"]["ctr"]["auc"]
+    with pytest.raises(ValueError):
+        compute_metrics(click, np.zeros(6), q, q, esmm=True, ctr_pos_weight=0.0)

@@ -57,6 +57,21 @@ def test_training_beats_a_constant_predictor(data):
         truth=truth,
     )
     ctr = metrics["tasks"]["ctr"]
+    # Calibration: pos_weight 24.7 and keep 0.4 multiply the learnt odds by ~62; the corrected
+    # probability is close to the observed click rate, the raw one several times off.
+    w = result.checkpoint["best"]["pos_weight"]["ctr"]
+    corrected, _ = evaluate_split(
+        model,
+        test,
+        batch_size=4096,
+        esmm=True,
+        keep_prob=meta["neg_keep_prob_train"],
+        ctr_pos_weight=w,
+        n_bins=5,
+    )
+    rate = corrected["tasks"]["ctr"]["pos_rate"]
+    assert abs(corrected["tasks"]["ctr"]["mean_pred"] / rate - 1) < 0.5
+    assert corrected["tasks"]["ctr"]["mean_pred_uncorrected"] > 3 * rate
     # A constant scores AUC 0.5; the planted truth's oracle is ~0.78 on this data.
     assert ctr["auc"] > 0.62, ctr
     assert ctr["oracle_auc"] > ctr["auc"] - 0.02  # and no better than the oracle (sanity)

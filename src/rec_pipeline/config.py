@@ -436,6 +436,9 @@ class EvaluationConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "auto"
     checkpoint: Literal["best", "last"] = "best"
     calibration_bins: int = Field(10, gt=1)
+    # Divide the CTR odds by the CTR loss's pos_weight too (a weighted BCE multiplies the learnt
+    # odds by it), on top of the negative-sampling correction, for calibrated probabilities.
+    correct_pos_weight: bool = True
 
 
 class ExperimentConfig(_Model):

@@ -69,6 +69,27 @@ def logloss(p: Any, y: Any, eps: float = DEFAULT_EPS) -> float | None:
     return -total / p.size
 
 
+def rescale_odds(q: Any, factor: float) -> Any:
+    """The probability whose odds are ``factor`` times those of ``q``: ``q / (q + (1 - q) / f)``.
+
+    Same input types as :func:`correct_negative_sampling`; ``factor == 1`` returns ``q``.
+    """
+    f = float(factor)
+    if not f > 0.0:
+        raise ValueError(f"odds factor must be > 0, got {factor!r}")
+    if f == 1.0:
+        return q
+    if torch is not None and isinstance(q, torch.Tensor):
+        return q / (q + (1.0 - q) / f)
+    if np.isscalar(q):
+        qf = float(q)
+        return qf / (qf + (1.0 - qf) / f)
+    qa = np.asarray(q)
+    if qa.dtype.kind != "f":
+        qa = qa.astype(np.float64)
+    return qa / (qa + (1.0 - qa) / f)
+
+
 def correct_negative_sampling(q: Any, keep_prob: float) -> Any:
     """Undo negative down-sampling: ``p = q / (q + (1 - q) / keep_prob)``.
 
@@ -80,17 +101,7 @@ def correct_negative_sampling(q: Any, keep_prob: float) -> Any:
     keep = float(keep_prob)
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob!r}")
-    if keep == 1.0:
-        return q
-    if torch is not None and isinstance(q, torch.Tensor):
-        return q / (q + (1.0 - q) / keep)
-    if np.isscalar(q):
-        qf = float(q)
-        return qf / (qf + (1.0 - qf) / keep)
-    qa = np.asarray(q)
-    if qa.dtype.kind != "f":
-        qa = qa.astype(np.float64)
-    return qa / (qa + (1.0 - qa) / keep)
+    return rescale_odds(q, keep)
 
 
 def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:

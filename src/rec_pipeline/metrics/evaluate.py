@@ -16,7 +16,8 @@ Per task: ``auc``, ``auc_reason``, ``n``, ``n_pos``, ``logloss``, ``logloss_unco
 * ``ctcvr``: ``p_ctr * p_cvr`` vs conversion over all rows.
 
 When the training data had its negatives down-sampled (``keep_prob < 1``) the CTR probability is
-corrected with :func:`correct_negative_sampling` and the CTCVR probability is the corrected CTR
+corrected with :func:`correct_negative_sampling` (and for the CTR loss's pos_weight, see
+``ctr_pos_weight``) and the CTCVR probability is the corrected CTR
 probability times ``p_cvr``. ``logloss`` and the calibration ``mean_pred`` use the corrected
 probability, ``*_uncorrected`` the raw one; for CVR both are the same. The CTR AUC is unchanged by
 the (monotone) correction; the CTCVR AUC is computed on the corrected product, and its AUC on the
@@ -34,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from .auc import AucResult, roc_auc
-from .calibration import calibration_bins, correct_negative_sampling, logloss, to_numpy
+from .calibration import (
+    calibration_bins,
+    correct_negative_sampling,
+    logloss,
+    rescale_odds,
+    to_numpy,
+)
 
 try:
     import torch
@@ -158,6 +165,7 @@ def compute_metrics(
     *,
     esmm: bool,
     keep_prob: float = 1.0,
+    ctr_pos_weight: float = 1.0,
     n_bins: int = 10,
     truth: Mapping[str, Any] | None = None,
     calibration_strategy: str = "quantile",
@@ -176,6 +184,10 @@ def compute_metrics(
         Selects the primary-metric formula.
     keep_prob:
         Probability with which training negatives (click = 0) were kept; 1 = no sampling.
+    ctr_pos_weight:
+        The CTR loss's positive weight at the evaluated checkpoint. A weighted BCE multiplies the
+        learnt odds by it, so the corrected CTR probability divides them back out (with
+        ``keep_prob``: odds x keep_prob / ctr_pos_weight). 1 = only the sampling correction.
     n_bins, calibration_strategy:
         Calibration bins (``"quantile"`` or ``"uniform"``) of the corrected probability.
     truth:
@@ -193,10 +205,14 @@ def compute_metrics(
         if _length(arr) != n:
             raise ValueError(f"{name} has {_length(arr)} rows, click has {n}")
 
-    p_ctr_corr = correct_negative_sampling(p_ctr_raw, keep_prob)
+    if float(ctr_pos_weight) <= 0:
+        raise ValueError(f"ctr_pos_weight must be > 0, got {ctr_pos_weight!r}")
+    correct_negative_sampling(0.5, keep_prob)  # validates keep_prob
+    odds_factor = float(keep_prob) / float(ctr_pos_weight)
+    p_ctr_corr = rescale_odds(p_ctr_raw, odds_factor)
     p_ctcvr_raw = p_ctr_raw * p_cvr
     p_ctcvr_corr = p_ctr_corr * p_cvr
-    corrected = float(keep_prob) != 1.0
+    corrected = odds_factor != 1.0
 
     true_ctr = true_cvr = None
     if truth is not None:
@@ -245,6 +261,7 @@ def compute_metrics(
         "n_conversions": _sum_int(_is_one(conversion)),
         "esmm": bool(esmm),
         "keep_prob": float(keep_prob),
+        "ctr_pos_weight": float(ctr_pos_weight),
         "auc_primary": primary,
         "auc_primary_reason": reason,
         "tasks": tasks,

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from rec_pipeline.data.batches import SplitData
+from rec_pipeline.metrics.calibration import rescale_odds
 from rec_pipeline.metrics.evaluate import compute_metrics
 
 
@@ -78,6 +79,7 @@ def evaluate_split(
     esmm: bool,
     keep_prob: float,
     n_bins: int,
+    ctr_pos_weight: float = 1.0,
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
     truth: pd.DataFrame | None = None,
@@ -94,13 +96,16 @@ def evaluate_split(
         p_cvr,
         esmm=esmm,
         keep_prob=keep_prob,
+        ctr_pos_weight=ctr_pos_weight,
         n_bins=n_bins,
         truth=aligned,
     )
     preds = None
     if with_predictions:
-        ctr = p_ctr.cpu().numpy()
-        cvr = p_cvr.cpu().numpy()
+        # Probabilities on the unsampled population (the corrections of the metrics above).
+        raw = p_ctr.double().cpu().numpy()
+        ctr = rescale_odds(raw, keep_prob / ctr_pos_weight)
+        cvr = p_cvr.double().cpu().numpy()
         preds = pd.DataFrame(
             {
                 "sample_id": data.sample_id[:n],
@@ -109,6 +114,7 @@ def evaluate_split(
                 "p_ctr": ctr,
                 "p_cvr": cvr,
                 "p_ctcvr": ctr * cvr,
+                "p_ctr_uncorrected": raw,  # the CTR head's output as trained
             }
         )
     return metrics, preds

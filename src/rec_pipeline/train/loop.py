@@ -156,6 +156,7 @@ class Trainer:
     def _state(self) -> dict:
         st = {
             "step": self.step,
+            "pos_weight": self.pos_weights.current(self.step),
             "state_dict": _cpu_state(self.model),
             "optimizers": self.opt.state_dict(),
             "schedulers": self.scheds.state_dict(),
@@ -304,6 +305,11 @@ class Trainer:
         values = torch.stack([*res.components.values(), res.total]).detach().float()
         return names, values
 
+    def _ctr_pos_weight(self) -> float:
+        if not self.cfg.evaluation.correct_pos_weight:
+            return 1.0
+        return float(self.pos_weights.current(self.step)["ctr"])
+
     # -------------------------------------------------------------------------- validation
     def _validate(self) -> None:
         if self.valid_data is None or len(self.valid_data) == 0:
@@ -315,6 +321,7 @@ class Trainer:
             batch_size=rt.valid_batch_size or max(self.cfg.data.batch_size, 8192),
             esmm=self.cfg.use_esmm,
             keep_prob=self.keep_prob,
+            ctr_pos_weight=self._ctr_pos_weight(),
             n_bins=10,
             amp_dtype=self.amp_dtype,
             max_batches=rt.max_valid_steps,
@@ -326,14 +333,24 @@ class Trainer:
         if primary is not None and (
             self.best is None or primary > self.best["metrics"]["auc_primary"]
         ):
-            self.best = {"step": self.step, "metrics": flat, "state_dict": _cpu_state(self.model)}
+            self.best = {
+                "step": self.step,
+                "metrics": flat,
+                "pos_weight": self.pos_weights.current(self.step),
+                "state_dict": _cpu_state(self.model),
+            }
 
     # ------------------------------------------------------------------------------ result
     def _result(self, elapsed: float, valid_s: float, rows_seen: int) -> TrainResult:
         last_state = self._state() if self.cfg.runtime.save_last else None
         if self.best is None:
             # No validation split (or no AUC yet): the last weights are the best we have.
-            self.best = {"step": self.step, "metrics": {}, "state_dict": _cpu_state(self.model)}
+            self.best = {
+                "step": self.step,
+                "metrics": {},
+                "pos_weight": self.pos_weights.current(self.step),
+                "state_dict": _cpu_state(self.model),
+            }
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.model_dump(mode="json", by_alias=True),
@@ -366,6 +383,12 @@ class Trainer:
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
         return TrainResult(checkpoint=checkpoint, history=self.history.frame(), summary=summary)
+
+
+def checkpoint_ctr_pos_weight(checkpoint: dict, which: str, correct: bool) -> float:
+    """The CTR pos_weight the ``which`` weights were trained with (1 when not correcting)."""
+    entry = checkpoint.get(which) or {}
+    return float((entry.get("pos_weight") or {}).get("ctr", 1.0)) if correct else 1.0
 
 
 def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -> torch.nn.Module:

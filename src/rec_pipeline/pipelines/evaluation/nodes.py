@@ -12,7 +12,12 @@ from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
-from rec_pipeline.train.loop import model_from_checkpoint, resolve_amp_dtype, resolve_device
+from rec_pipeline.train.loop import (
+    checkpoint_ctr_pos_weight,
+    model_from_checkpoint,
+    resolve_amp_dtype,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ def evaluate_model(
         batch_size=ev.batch_size,
         esmm=trained.use_esmm,
         keep_prob=float(metadata["neg_keep_prob_train"]),
+        ctr_pos_weight=checkpoint_ctr_pos_weight(
+            model_checkpoint, ev.checkpoint, ev.correct_pos_weight
+        ),
         n_bins=ev.calibration_bins,
         amp_dtype=resolve_amp_dtype(trained, device),
         truth=raw_aliccp.load_truth(ev.split),

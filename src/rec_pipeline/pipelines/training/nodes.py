@@ -13,7 +13,12 @@ from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
-from rec_pipeline.train.loop import Trainer, model_from_checkpoint, resolve_device
+from rec_pipeline.train.loop import (
+    Trainer,
+    checkpoint_ctr_pos_weight,
+    model_from_checkpoint,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ def train_model(
             batch_size=cfg.evaluation.batch_size,
             esmm=cfg.use_esmm,
             keep_prob=float(metadata["neg_keep_prob_train"]),
+            ctr_pos_weight=checkpoint_ctr_pos_weight(
+                result.checkpoint, cfg.runtime.auto_eval_ckpt, cfg.evaluation.correct_pos_weight
+            ),
             n_bins=cfg.evaluation.calibration_bins,
             truth=raw_aliccp.load_truth(split),
             with_predictions=cfg.runtime.auto_eval_save_preds,
