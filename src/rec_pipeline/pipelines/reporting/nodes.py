@@ -69,4 +69,5 @@ def build_report(
         previous_metrics=previous_metrics(evaluation_metrics, evaluation_metrics_versions),
         title=f"rec_pipeline report: {parameters.get('experiment', {}).get('name', 'run')}",
     )
-    return html, figures
+    # The figures dataset writes one file per key: name them as the PNG files they are.
+    return html, {f"{name}.png": fig for name, fig in figures.items()}
