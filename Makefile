@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint format viz clean-data
+.PHONY: setup run test lint format viz screenshot clean-data
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ format: setup
 
 viz: setup
 	$(BIN)/kedro viz run
+
+screenshot:           ## render the latest HTML report in headless Chromium (apt-get install chromium)
+	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+	  --disable-component-update --disable-sync --user-data-dir="$$(mktemp -d)" \
+	  --window-size=1300,9000 --screenshot=data/08_reporting/report_screenshot.png \
+	  "file://$(CURDIR)/$$(ls -d data/08_reporting/report.html/*/ | sort | tail -n 1)report.html"
 
 clean-data:           ## remove every generated artefact under data/ (keeps the folders)
 	find data -type f ! -name .gitkeep -delete
