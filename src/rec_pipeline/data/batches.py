@@ -152,12 +152,11 @@ def _interleave(table, field_names: Sequence[str]):
     offs = []
     for j, f in enumerate(field_names):
         o, v = list_parts(table, f"id_{f}")
-        wo, w = list_parts(table, f"w_{f}")
+        w = list_parts(table, f"w_{f}")[1]  # same offsets as the ids
         lens[:, j] = np.diff(o)
         offs.append((o, v, w))
     row_len = lens.sum(1)
-    row_start = np.zeros(n, np.int64)
-    np.cumsum(row_len[:-1], out=row_start[1:]) if n > 1 else None
+    row_start = np.cumsum(row_len) - row_len
     total = int(row_len.sum())
     ids = np.empty(total, np.int32)
     flds = np.empty(total, np.int16)

@@ -101,6 +101,13 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 class Trainer:
+    """Trains the model of ``cfg`` on tensor-resident splits; :meth:`fit` returns a TrainResult.
+
+    Steps run until ``runtime.epochs`` epochs or ``runtime.max_train_steps``; the LR schedule
+    spans ``optim.lr_scheduler.total_steps`` (derived from the data when omitted). ``resume``
+    is a checkpoint with a ``last`` state: training continues exactly where it stopped.
+    """
+
     def __init__(
         self,
         cfg: Config,
