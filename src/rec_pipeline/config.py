@@ -7,7 +7,6 @@ dotted key and what was expected, before any work starts.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,11 +36,6 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def _err(key: str, expected: str, got: Any = None) -> ConfigError:
-    tail = "" if got is None else f" (got {got!r})"
-    return ConfigError(f"parameter '{key}': expected {expected}{tail}")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -568,7 +562,3 @@ def load_config(parameters: dict[str, Any]) -> Config:
     for task in cfg.model.tasks:
         cfg.model.heads.for_task(task)  # validates per-task overrides
     return cfg
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))

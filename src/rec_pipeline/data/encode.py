@@ -158,11 +158,15 @@ def count_training_ids(
 
 
 class CommonIndex:
-    """common_feature_index -> row in the split's encoded commons (in write order)."""
+    """common_feature_index -> row in the split's encoded commons (in write order).
+
+    A record id written twice resolves to its first row; the repeats are counted.
+    """
 
     def __init__(self) -> None:
         self._chunks: list[np.ndarray] = []
         self._index: pd.Index | None = None
+        self._rows: np.ndarray | None = None
 
     def extend(self, keys: pa.Array | pa.ChunkedArray) -> None:
         self._chunks.append(np.asarray(keys.to_pylist(), dtype=object))
@@ -171,31 +175,27 @@ class CommonIndex:
     def __len__(self) -> int:
         return sum(len(c) for c in self._chunks)
 
-    def rows(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """int64 [N] rows, -1 where the record is missing."""
+    def _build(self) -> pd.Index:
         if self._index is None:
             allk = np.concatenate(self._chunks) if self._chunks else np.empty(0, dtype=object)
-            self._index = pd.Index(allk)
-            if not self._index.is_unique:
-                # A repeated record id: the first occurrence wins (counted by the caller).
-                self._index = self._index.drop_duplicates(keep="first")
-                self._first = pd.Index(allk).get_indexer(self._index)
-            else:
-                self._first = None
+            first = ~pd.Index(allk).duplicated(keep="first")
+            self._index = pd.Index(allk[first])
+            self._rows = np.flatnonzero(first)
+        return self._index
+
+    def rows(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """int64 [N] rows, -1 where the record is missing (looked up once per distinct key)."""
+        index = self._build()
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
         enc = pc.dictionary_encode(keys)
-        uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-        pos = self._index.get_indexer(uniq)
-        if self._first is not None:
-            pos = np.where(pos >= 0, self._first[np.maximum(pos, 0)], -1)
-        return pos[enc.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
+        pos = index.get_indexer(np.asarray(enc.dictionary.to_pylist(), dtype=object))
+        rows = np.where(pos >= 0, self._rows[np.maximum(pos, 0)], -1) if len(index) else pos
+        return rows[enc.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
 
     @property
     def duplicates(self) -> int:
-        if self._index is None:
-            self.rows(pa.array([], pa.binary()))
-        return len(self) - len(self._index)
+        return len(self) - len(self._build())
 
 
 def encode_commons(

@@ -7,6 +7,7 @@ the device and read back only at log steps, so the loop does not wait on the GPU
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rec_pipeline.config import Config
+from rec_pipeline.config import Config, load_config
 from rec_pipeline.data.batches import SplitData
 from rec_pipeline.metrics.evaluate import flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
@@ -308,9 +309,7 @@ class Trainer:
         self.scaler.update()
         self.scheds.step()
         # One stacked vector per step: one add per step, one device read per log line.
-        names = [*res.components, "loss_total"]
-        values = torch.stack([*res.components.values(), res.total]).detach().float()
-        return names, values
+        return res.stacked()
 
     def _ctr_pos_weight(self) -> float:
         if not self.cfg.evaluation.correct_pos_weight:
@@ -362,12 +361,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.model_dump(mode="json", by_alias=True),
             "metadata": self.metadata,
-            "model_meta": {
-                "skeleton_fields": self.meta.skeleton_fields,
-                "common_fields": self.meta.common_fields,
-                "vocab_sizes": self.meta.vocab_sizes,
-                "prior_rates": self.meta.prior_rates,
-            },
+            "model_meta": dataclasses.asdict(self.meta),
             "parameter_counts": self.param_counts,
             "best": self.best,
             "last": last_state,
@@ -400,17 +394,8 @@ def checkpoint_ctr_pos_weight(checkpoint: dict, which: str, correct: bool) -> fl
 
 def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -> torch.nn.Module:
     """Rebuild the model from a checkpoint alone (config + model meta + weights)."""
-    from rec_pipeline.config import load_config
-
     cfg = load_config(checkpoint["config"])
-    mm = checkpoint["model_meta"]
-    meta = ModelMeta(
-        skeleton_fields=list(mm["skeleton_fields"]),
-        common_fields=list(mm["common_fields"]),
-        vocab_sizes=dict(mm["vocab_sizes"]),
-        prior_rates=dict(mm["prior_rates"]),
-    )
-    model = build_model(cfg, meta)
+    model = build_model(cfg, ModelMeta(**checkpoint["model_meta"]))
     entry = checkpoint.get(which)
     if entry is None:
         raise ValueError(

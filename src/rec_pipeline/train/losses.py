@@ -41,11 +41,11 @@ class LossResult:
     total: Tensor
     components: dict[str, Tensor] = field(default_factory=dict)
 
-    def scalars(self) -> dict[str, float]:
-        """The total and components as Python floats (one device synchronisation)."""
+    def stacked(self) -> tuple[list[str], Tensor]:
+        """(names, fp32 vector [1 + C]) of the total and the components, detached, on device."""
         names = ["loss_total", *self.components]
         values = torch.stack([self.total.detach(), *(v.detach() for v in self.components.values())])
-        return dict(zip(names, values.float().cpu().tolist(), strict=True))
+        return names, values.float()
 
 
 # -------------------------------------------------------------------------------- log-space maths
