@@ -413,8 +413,11 @@ def test_compute_metrics_negative_sampling_correction_and_truth():
     assert ctr["logloss_uncorrected"] == pytest.approx(log_loss(click, q))
     assert ctr["logloss"] < ctr["logloss_uncorrected"]
     assert ctr["auc"] == pytest.approx(roc_auc_score(click, q))  # monotone correction
-    assert ctcvr["auc"] == pytest.approx(roc_auc_score(conv, p_corr * p_cvr))
-    assert ctcvr["auc_uncorrected"] == pytest.approx(roc_auc_score(conv, q * p_cvr))
+    # The CTCVR AUC ranks the model's own product, whatever the correction (SPEC §6) ...
+    assert ctcvr["auc"] == pytest.approx(roc_auc_score(conv, q * p_cvr))
+    assert "auc_uncorrected" not in ctcvr
+    # ... which here ranks differently from the corrected product, so the check has teeth.
+    assert roc_auc_score(conv, p_corr * p_cvr) != pytest.approx(ctcvr["auc"], abs=1e-9)
     assert ctcvr["logloss"] == pytest.approx(log_loss(conv, p_corr * p_cvr))
     for b in ctr["calibration"]:
         assert b["mean_pred_uncorrected"] > b["mean_pred"]

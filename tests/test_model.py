@@ -172,11 +172,12 @@ def test_fm_identity_matches_pairwise_sum():
 # ------------------------------------------------------------------------------------ embedding
 
 
-def _reference_pool(emb, batch, mode):
-    """Python loop over rows and fields: [B, F, D] vectors and [B] linear sums."""
+def _reference_pool(emb, batch, mode, channel="none"):
+    """Python loop over rows and fields: [B, F, D] vectors, [B] linear sums, [B, F] values."""
     n = batch.cm_inverse.shape[0]
     out = torch.zeros(n, emb.num_fields, emb.dim, dtype=torch.float64)
     lin = torch.zeros(n, dtype=torch.float64)
+    values = torch.zeros(n, emb.num_fields, dtype=torch.float64)
     sides = [
         (emb.skeleton_table, emb.sk_row_offset, batch.sk_ids, batch.sk_fields, batch.sk_weights,
          batch.sk_rows, 0, None),
@@ -195,11 +196,16 @@ def _reference_pool(emb, batch, mode):
                 for k in sel:
                     acc += float(ws[k]) * t[int(offs[f]) + int(ids[k])]
                     wsum += float(ws[k])
-                if mode == "mean" and wsum != 0:
+                if mode == "mean" and channel == "scale" and sel:
+                    acc /= len(sel)  # the mean of w_i e_i over the bag's ids
+                elif mode == "mean" and wsum != 0:
                     acc /= wsum
                 out[b, base + f, :d] = acc[:d]
                 lin[b] += acc[emb.dim]
-    return out, lin
+                if channel == "dense" and sel:
+                    values[b, base + f] = wsum / len(sel)
+                    lin[b] += values[b, base + f] * float(emb.value_coef[base + f])
+    return out, lin, values
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
@@ -217,7 +223,7 @@ def test_pooling_matches_python_loop(mode, dims):
     batch = random_batch(meta, n=7, n_common=3, seed=1, empty_prob=0.3)
     # A row whose bags are all empty: every pooled value is 0.
     out = emb(batch)
-    ref, lin = _reference_pool(emb, batch, mode)
+    ref, lin, _ = _reference_pool(emb, batch, mode)
     torch.testing.assert_close(out.emb_stack.double(), ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.logit_linear.double(), lin, rtol=1e-5, atol=1e-6)
     concat = torch.cat([ref[:, f, :d] for f, d in enumerate(dims)], dim=1)
@@ -225,6 +231,50 @@ def test_pooling_matches_python_loop(mode, dims):
     torch.testing.assert_close(out.sum_emb.double(), ref.sum(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.mean_emb.double(), ref.mean(1), rtol=1e-5, atol=1e-6)
     assert out.emb_concat.shape == (7, sum(dims))
+
+
+@pytest.mark.parametrize(
+    ("mode", "channel"), [("mean", "scale"), ("mean", "dense"), ("sum", "dense")]
+)
+def test_weight_channels_match_python_loop(mode, channel):
+    sk, cm = ["a", "b", "c"], ["d", "e"]
+    vocab = {"a": 5, "b": 9, "c": 4, "d": 6, "e": 8}
+    dims = dict(zip(sk + cm, (4, 2, 3, 4, 1), strict=True))
+    emb = FusedFieldEmbedding(
+        sk, cm, vocab, dims, mode=mode, weight_channel=channel, sparse=False, init_std=0.5
+    )
+    with torch.no_grad():
+        for t in emb.tables():
+            t.normal_()
+        if emb.value_coef is not None:
+            emb.value_coef.normal_()
+    batch = random_batch(ModelMeta(sk, cm, vocab), n=7, n_common=3, seed=2, empty_prob=0.3)
+    out = emb(batch)
+    ref, lin, values = _reference_pool(emb, batch, mode, channel)
+    torch.testing.assert_close(out.emb_stack.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logit_linear.double(), lin, rtol=1e-5, atol=1e-6)
+    if channel == "dense":
+        torch.testing.assert_close(out.values.double(), values, rtol=1e-5, atol=1e-6)
+        assert out.dense_input.shape == (7, emb.concat_dim + emb.num_fields)
+    else:
+        assert out.values is None and out.dense_input is out.emb_concat
+
+
+def test_weight_channel_keeps_a_one_id_bags_intensity():
+    """A plain weighted mean maps w*e/w to e whatever w is; both channels keep w."""
+    pooled = {}
+    for channel in ("none", "scale", "dense"):
+        torch.manual_seed(0)
+        emb = FusedFieldEmbedding(["x"], [], {"x": 3}, {"x": 2}, weight_channel=channel)
+        batch = make_batch([[[(1, 0.5)]], [[(1, 2.0)]]], [], [0, 0])
+        pooled[channel] = emb(batch)
+    plain = pooled["none"].emb_stack
+    torch.testing.assert_close(plain[0], plain[1])  # the intensity is lost
+    scaled = pooled["scale"].emb_stack
+    torch.testing.assert_close(scaled[1], 4.0 * scaled[0])
+    torch.testing.assert_close(pooled["dense"].values[:, 0], torch.tensor([0.5, 2.0]))
+    with pytest.raises(ValueError, match="needs mode 'mean'"):
+        FusedFieldEmbedding(["x"], [], {"x": 3}, {"x": 2}, mode="sum", weight_channel="scale")
 
 
 def test_empty_bags_pool_to_zero_and_zero_weight_mean():
@@ -598,6 +648,13 @@ VARIANTS = {
         None,
     ),
     "fm_sum_logit": (_variant(backbone={"fm_projection_dim": None}), None),
+    "dense_values_heads_skip": (
+        _variant(
+            mmoe={"add_emb": "concat"},
+            heads={"default": {"extra_inputs": ["emb", "deep_h"]}, "ctr": {"extra_inputs": []}},
+        ),
+        {"weight_channel": "dense"},
+    ),
     "deep_experts_no_adapter": (
         _variant(mmoe={"expert_mlp_dims": [96, 48], "adapter_mlp_dims": [], "add_emb": "sum"}),
         None,
@@ -616,6 +673,12 @@ def test_variant_parameter_counts_match_formula(name):
         assert parameter_counts(model)["legacy_proj"] == 136 * 128 + 128 == 17_536
     if name == "per_field_dims":
         assert model.embedding.dim == 16 and model.embedding.concat_dim == 21 * 8 + 16 + 12
+    if name == "dense_values_heads_skip":
+        # 23 fields x (8 dims + 1 value) feed the deep MLP and the emb part; the CVR head reads
+        # its expert mixture (128) + emb (207) + deep_h (64); CTR's own override has no skip.
+        assert model.deep.in_dim == 23 * 9 == 207
+        assert model.heads["cvr"].mlp.in_dim == 128 + 207 + 64
+        assert model.heads["ctr"].mlp.in_dim == 128
     batch = random_batch(meta, n=4, n_common=2)
     model.train()
     out = model(batch)

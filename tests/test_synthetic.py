@@ -374,3 +374,265 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         syn.write_synthetic(tmp_path, syn.SyntheticConfig(**TINY))
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------- second world: keys beyond the default
+
+# Recorded before the keys below existed: the default world must stay byte-for-byte the same.
+TINY_DIGEST = "ddf24eefaf64df3fc40d5b711fc9c405a21863a64e8472a2d73f4d3b24cbc315"
+TINY_FINGERPRINT = "8f6d621271069a53"
+DEFAULT_FINGERPRINT = "55142d9c554f305b"
+WORLD2_CONF = Path(__file__).resolve().parents[1] / "conf" / "world2"
+
+
+def data_digest(folder: Path) -> str:
+    """sha256 of the four raw files' bytes and of the truth columns' values."""
+    h = hashlib.sha256()
+    for name in syn.RAW_FILE_NAMES:
+        h.update((folder / name).read_bytes())
+    for name in syn.TRUTH_FILE_NAMES:
+        truth = pd.read_parquet(folder / name)
+        for column in truth.columns:
+            h.update(np.ascontiguousarray(truth[column].to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def ids_by_field(rows: list[dict], records: dict[str, dict]) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for feats in [r["f"] for r in rows] + list(records.values()):
+        for field, values in feats.items():
+            out.setdefault(field, set()).update(fid for fid, _ in values)
+    return out
+
+
+def test_new_keys_at_default_leave_the_default_world_unchanged(tmp_path):
+    assert syn.SyntheticConfig().fingerprint() == DEFAULT_FINGERPRINT
+    config = syn.SyntheticConfig(**TINY)
+    assert config.fingerprint() == TINY_FINGERPRINT
+    explicit = syn.SyntheticConfig(
+        **TINY, test_new_user_fraction=0, test_new_item_fraction=0.0, affinity_shape="linear"
+    )
+    assert explicit == config and explicit.fingerprint() == TINY_FINGERPRINT
+    syn.write_synthetic(tmp_path, explicit)
+    assert data_digest(tmp_path) == TINY_DIGEST
+    for change in (
+        dict(test_new_user_fraction=0.2),
+        dict(test_new_item_fraction=0.2),
+        dict(affinity_shape="saturating"),
+    ):
+        assert syn.SyntheticConfig(**TINY, **change).fingerprint() != TINY_FINGERPRINT, change
+
+
+@pytest.mark.parametrize(
+    "key, bad",
+    [
+        ("test_new_user_fraction", -0.1),
+        ("test_new_user_fraction", 0.95),
+        ("test_new_user_fraction", "half"),
+        ("test_new_item_fraction", 1.0),
+        ("test_new_item_fraction", True),
+        ("affinity_shape", "quadratic"),
+        ("affinity_shape", None),
+    ],
+)
+def test_new_keys_are_validated(key, bad):
+    with pytest.raises(ValueError, match=f"SyntheticConfig.{key} "):
+        syn.SyntheticConfig(**{key: bad})
+    with pytest.raises(ValueError, match=key):
+        syn.SyntheticConfig.from_mapping({key: bad})
+
+
+NEW_IDS = dict(
+    TINY,
+    n_train_rows=12_000,
+    n_test_rows=9_000,
+    test_new_user_fraction=0.4,
+    test_new_item_fraction=0.2,
+)
+
+
+def test_test_only_users_and_items(tmp_path):
+    config = syn.SyntheticConfig(**NEW_IDS)
+    summary = syn.write_synthetic(tmp_path / "new", config)
+    world = syn._build_world(config)
+    new_users = set(world.user_ids[world.n_old_users :].tolist())
+    new_items = set(world.item_ids[world.n_old_items :].tolist())
+    assert len(new_users) == round(config.n_users * 0.4 / 0.6)
+    assert len(new_items) == round(config.n_items * 0.2 / 0.8)
+
+    split = {}
+    for s in syn.SPLITS:
+        rows = read_skeleton(tmp_path / "new" / f"sample_skeleton_{s}.csv")
+        records = read_common(tmp_path / "new" / f"common_features_{s}.csv")
+        split[s] = dict(rows=rows, records=records, ids=ids_by_field(rows, records))
+    train, test = split["train"], split["test"]
+    # 1. the training files hold none of the new ids, in any field of either file
+    for ids in train["ids"].values():
+        assert not ids & (new_users | new_items)
+    # 2. the new ids are ids of their own: no other (field, value) of the test split uses them
+    for field, ids in test["ids"].items():
+        assert not ids & new_users or field == "101"
+        assert not ids & new_items or field == "205"
+    # 3. the test split has them at about the asked shares
+    record_users = [feats["101"][0][0] for feats in test["records"].values()]
+    share_users = np.mean([u in new_users for u in record_users])
+    assert abs(share_users - 0.4) < 4 * math.sqrt(0.24 / len(record_users)), share_users
+    row_items = [r["f"]["205"][0][0] for r in test["rows"]]
+    share_items = np.mean([i in new_items for i in row_items])
+    assert abs(share_items - 0.2) < 4 * math.sqrt(0.16 / len(row_items)), share_items
+    # 4. new users' profiles and new items' attributes use the usual vocabularies
+    for field in ("124", "125", "126", "129"):
+        assert test["ids"][field] <= train["ids"][field]
+    new_rows = [r for r in test["rows"] if r["f"]["205"][0][0] in new_items]
+    seen_cat = np.mean([r["f"]["206"][0][0] in train["ids"]["206"] for r in new_rows])
+    assert seen_cat > 0.9
+    # 5. the summary's unseen shares are what the files show
+    train_users = train["ids"]["101"]
+    test_users = set(record_users)
+    s = summary.splits["test"]
+    assert s.users == len(test_users)
+    assert s.unseen_user_share == round(len(test_users - train_users) / len(test_users), 4)
+    assert s.unseen_user_record_share == round(
+        np.mean([u not in train_users for u in record_users]), 4
+    )
+    assert s.unseen_item_impression_share == round(
+        np.mean([i not in train["ids"]["205"] for i in row_items]), 4
+    )
+    assert (
+        s.unseen_user_share >= share_users - 0.05 and s.unseen_item_impression_share >= share_items
+    )
+    assert summary.splits["train"].unseen_user_share is None
+    # 6. the test-only pools leave the training period exactly as it was
+    syn.write_synthetic(
+        tmp_path / "old",
+        syn.SyntheticConfig(**dict(NEW_IDS, test_new_user_fraction=0, test_new_item_fraction=0)),
+    )
+    for name in ("sample_skeleton_train.csv", "common_features_train.csv", "truth_train.parquet"):
+        assert sha(tmp_path / "new" / name) == sha(tmp_path / "old" / name)
+
+
+def _cross_entries(row: dict) -> tuple:
+    return tuple(
+        sorted(
+            (field, fid, value)
+            for field in syn.CROSS_FIELDS
+            for fid, value in row["f"].get(field, [])
+        )
+    )
+
+
+def test_saturating_affinity_is_nonlinear_in_the_written_values(tmp_path):
+    """Same world with the linear and the saturating affinity: every other term, the features
+    and the pilot are the same, so the difference of the true CTR logits is a function of the
+    cross fields' entries alone. It is one (rows with the same entries have the same
+    difference), but not one linear in the written value, entity by entity."""
+    config = dict(SMALL, n_test_rows=2_000)
+    syn.write_synthetic(tmp_path / "lin", syn.SyntheticConfig(**config))
+    syn.write_synthetic(
+        tmp_path / "sat", syn.SyntheticConfig(**config, affinity_shape="saturating")
+    )
+    rows = read_skeleton(tmp_path / "sat" / "sample_skeleton_train.csv")
+    rows_lin = read_skeleton(tmp_path / "lin" / "sample_skeleton_train.csv")
+    assert [r["f"] for r in rows] == [r["f"] for r in rows_lin]
+    for name in ("common_features_train.csv", "common_features_test.csv"):
+        assert sha(tmp_path / "sat" / name) == sha(tmp_path / "lin" / name)
+
+    def logit(folder: Path) -> np.ndarray:
+        p = pd.read_parquet(folder / "truth_train.parquet").p_ctr.to_numpy()
+        return np.log(p) - np.log1p(-p)
+
+    diff = logit(tmp_path / "sat") - logit(tmp_path / "lin")
+    # 1. a function of the written cross entries
+    by_entries: dict[tuple, list[float]] = {}
+    for r, d in zip(rows, diff, strict=True):
+        by_entries.setdefault(_cross_entries(r), []).append(d)
+    assert max(np.ptp(v) for v in by_entries.values()) < 1e-6
+    assert np.ptp(by_entries[()]) < 1e-6  # no cross entry: the intercepts' difference only
+    # 2. rows with a single cross entry: per (field, id), is diff affine in the written value?
+    single: dict[tuple, list[tuple[float, float]]] = {}
+    for r, d in zip(rows, diff, strict=True):
+        entries = _cross_entries(r)
+        if len(entries) == 1:
+            field, fid, value = entries[0]
+            single.setdefault((field, fid), []).append((float(value), d))
+    residual = within = 0.0
+    n_fitted = 0
+    for points in single.values():
+        w, d = np.array(points).T
+        if len(np.unique(w)) < 3:
+            continue
+        coef = np.polyfit(w, d, 1)
+        residual += ((d - np.polyval(coef, w)) ** 2).sum()
+        within += ((d - d.mean()) ** 2).sum()
+        n_fitted += 1
+    assert n_fitted > 20
+    # linear entity by entity would leave nothing; the saturating shape leaves a good part
+    assert residual / within > 0.05, residual / within
+    # 3. heterogeneous: at one written value, the effect differs from entity to entity (a shape
+    #    common to all entities would make diff the same for all of them)
+    at_value: dict[str, list[float]] = {}
+    for (field, _), points in single.items():
+        for value, d in dict(points).items():
+            at_value.setdefault(f"{field} {value}", []).append(d)
+    common = max(at_value.values(), key=len)
+    assert len(common) > 20
+    assert np.std(common) > 0.2 * diff.std(), (np.std(common), diff.std())
+
+
+def test_long_behaviour_lists(tmp_path):
+    config = syn.SyntheticConfig(
+        **dict(
+            TINY,
+            n_shops=3_000,
+            n_brands=2_000,
+            n_intentions=1_500,
+            behaviour_events_mean=300.0,
+            n_test_rows=1_000,
+        )
+    )
+    summary = syn.write_synthetic(tmp_path, config)
+    for split in syn.SPLITS:
+        records = read_common(tmp_path / f"common_features_{split}.csv")
+        lengths = {
+            f: [len(feats.get(f, [])) for feats in records.values()] for f in syn.BEHAVIOUR_FIELDS
+        }
+        means = {f: round(float(np.mean(v)), 2) for f, v in lengths.items()}
+        assert summary.splits[split].behaviour_list_mean == means
+        assert 350 < sum(means.values()) < 800, means
+        # every event is counted once in each list: the four lists' counts sum to the events
+        events = []
+        for feats in records.values():
+            totals = {
+                sum(round(math.expm1(float(v))) for _, v in feats.get(f, []))
+                for f in syn.BEHAVIOUR_FIELDS
+            }
+            assert len(totals) == 1
+            events.append(totals.pop())
+        assert abs(np.mean(events) / config.behaviour_events_mean - 1) < 0.12
+
+
+def test_world2_environment(tmp_path):
+    import yaml
+
+    params = yaml.safe_load((WORLD2_CONF / "parameters.yml").read_text())
+    assert set(params) == {"synthetic"}
+    config = syn.SyntheticConfig.from_mapping(params["synthetic"])
+    assert (config.n_train_rows, config.n_test_rows) == (600_000, 300_000)
+    assert (config.n_users, config.n_items) == (40_000, 60_000)
+    assert config.affinity_shape == "saturating" and config.test_new_item_fraction > 0
+    world_globals = yaml.safe_load((WORLD2_CONF / "globals.yml").read_text())
+    assert world_globals == {
+        "data_root": "data/world2",
+        "raw_dir": "data/world2/01_raw/aliccp_synthetic",
+    }
+    # scaled down 20 times, the world keeps its shape
+    scale = {
+        k: getattr(config, k) // 20 for k in ("n_train_rows", "n_test_rows", "n_users", "n_items")
+    }
+    small = syn.SyntheticConfig(**{**config.to_dict(), **scale})
+    summary = syn.write_synthetic(tmp_path, small)
+    test = summary.splits["test"]
+    assert 0.4 < test.unseen_user_share < 0.65
+    assert 0.08 < test.unseen_item_impression_share < 0.2
+    assert 350 < sum(test.behaviour_list_mean.values()) < 650
+    assert abs(test.mean_p_ctr / config.ctr_rate - 1) < 0.2, test.mean_p_ctr

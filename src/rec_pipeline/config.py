@@ -123,8 +123,18 @@ class EmbeddingConfig(_Model):
     # Pooling of a bag: mean = sum(w*e)/sum(w), sum = sum(w*e). The source config writes "sum"
     # with a note that the pooling is actually the weighted mean; SPEC §3 reads it as mean.
     mode: Literal["mean", "sum"] = "mean"
+    # How a bag's weights (Ali-CCP's cross-field intensities) reach the network beyond the
+    # pooling: none (the source's weighted mean), scale (mean of w*e over the bag's ids) or
+    # dense (each bag's mean weight as a dense input per field). rec_pipeline.model.embedding.
+    weight_channel: Literal["none", "scale", "dense"] = "none"
     sparse_grad: bool = True
     init_std: float = Field(0.01, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingConfig:
+        if self.weight_channel == "scale" and self.mode != "mean":
+            raise ValueError("weight_channel 'scale' needs mode 'mean' (a sum keeps the weights)")
+        return self
 
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "prelu", "leaky_relu"]
@@ -190,6 +200,9 @@ class MMoEConfig(_Model):
         return self
 
 
+HeadInput = Literal["deep_h", "emb", "fm_vec"]
+
+
 class HeadConfig(_Model):
     mlp_dims: list[int] | None = None
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -197,6 +210,9 @@ class HeadConfig(_Model):
     activation: Activation | None = None
     # Output bias = log(p/(1-p)); null takes p from the training data's positive rate.
     prior_rate: float | None = Field(None, gt=0.0, lt=1.0)
+    # Backbone parts concatenated to the task's expert mixture as the head's input (skip
+    # connections around the MMoE): deep_h, emb (emb_concat and any field values), fm_vec.
+    extra_inputs: list[HeadInput] | None = None
 
 
 class ResolvedHead(_Model):
@@ -205,6 +221,7 @@ class ResolvedHead(_Model):
     use_bn: bool
     activation: Activation
     prior_rate: float | None
+    extra_inputs: list[HeadInput] = Field(default_factory=list)
 
 
 class HeadsConfig(_Model):
@@ -225,7 +242,13 @@ class HeadsConfig(_Model):
             raise _from_validation(exc, prefix=f"model.heads.{task}") from None
         merged.update({k: v for k, v in over.model_dump().items() if v is not None})
         merged.setdefault("mlp_dims", [128])
-        defaults = {"mlp_dims": [128], "dropout": 0.1, "use_bn": False, "activation": "relu"}
+        defaults = {
+            "mlp_dims": [128],
+            "dropout": 0.1,
+            "use_bn": False,
+            "activation": "relu",
+            "extra_inputs": [],
+        }
         for k, v in defaults.items():
             if merged.get(k) is None:
                 merged[k] = v
@@ -430,8 +453,14 @@ class EvaluationConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "auto"
     checkpoint: Literal["best", "last"] = "best"
     calibration_bins: int = Field(10, gt=1)
-    # Divide the CTR odds by the CTR loss's pos_weight too (a weighted BCE multiplies the learnt
-    # odds by it), on top of the negative-sampling correction, for calibrated probabilities.
+    # How saved probabilities are made calibrated on the unsampled population. platt: per-task
+    # Platt scaling fitted on the validation split with the checkpoint's weights (undoes
+    # negative sampling and every loss weight, CVR and CTCVR included); odds: the closed-form
+    # CTR odds correction for negative sampling (and correct_pos_weight), CVR left as output.
+    # Rankings, and so AUCs, are the same either way.
+    calibration: Literal["platt", "odds"] = "platt"
+    # odds only: divide the CTR odds by the CTR loss's pos_weight too (a weighted BCE multiplies
+    # the learnt odds by it), on top of the negative-sampling correction.
     correct_pos_weight: bool = True
 
 

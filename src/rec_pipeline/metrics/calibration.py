@@ -1,4 +1,4 @@
-"""Log loss, calibration bins and the negative-sampling correction.
+"""Log loss, calibration bins, the negative-sampling correction and Platt scaling.
 
 Everything here works on host memory in float64 (inputs may be NumPy arrays, sequences or torch
 tensors on any device; tensors are copied to the host). Large inputs are processed in chunks so
@@ -7,6 +7,7 @@ the float64 temporaries stay bounded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,9 +20,11 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_EPS",
+    "apply_platt",
     "bin_index",
     "calibration_bins",
     "correct_negative_sampling",
+    "fit_platt",
     "logloss",
     "to_numpy",
 ]
@@ -182,3 +185,46 @@ def calibration_bins(
             row[key] = float(sums[i] / n)
         bins.append(row)
     return bins
+
+
+def fit_platt(p: Any, y: Any, *, max_iter: int = 50, tol: float = 1e-10) -> tuple[float, float]:
+    """Platt scaling ``q = sigmoid(a * logit(p) + b)`` fitted by maximum likelihood.
+
+    Newton-Raphson on the two parameters in float64 (the log loss is convex in (a, b)), starting
+    at the identity (a, b) = (1, 0). Returns (1, 0) when the labels hold one class only (there is
+    nothing to fit). Used to turn a model's outputs into probabilities on an unsampled,
+    unweighted split (the validation split): ``a > 0`` keeps every ranking.
+    """
+    p = to_numpy(p).astype(np.float64).reshape(-1)
+    y = to_numpy(y).astype(np.float64).reshape(-1)
+    _check_same_length(p, y)
+    n_pos = float(y.sum())
+    if p.size == 0 or n_pos == 0.0 or n_pos == float(y.size):
+        return 1.0, 0.0
+    p = np.clip(p, 1e-12, 1.0 - 1e-12)
+    z = np.log(p) - np.log1p(-p)
+    a, b = 1.0, 0.0
+    prev = math.inf
+    for _ in range(max_iter):
+        t = a * z + b
+        q = 1.0 / (1.0 + np.exp(-t))
+        loss = float(np.sum(np.logaddexp(0.0, t) - y * t))
+        r = q - y  # d loss / d t
+        w = np.maximum(q * (1.0 - q), 1e-12)
+        g = np.array([np.dot(r, z), r.sum()])
+        h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]])
+        h[0, 0] += 1e-9  # a constant score column makes the Hessian singular
+        step = np.linalg.solve(h, g)
+        a, b = a - float(step[0]), b - float(step[1])
+        if abs(prev - loss) <= tol * max(1.0, abs(loss)):
+            break
+        prev = loss
+    return a, b
+
+
+def apply_platt(p: Any, params: tuple[float, float]) -> np.ndarray:
+    """``sigmoid(a * logit(p) + b)`` in float64 (see :func:`fit_platt`)."""
+    a, b = params
+    p = np.clip(to_numpy(p).astype(np.float64), 1e-12, 1.0 - 1e-12)
+    t = a * (np.log(p) - np.log1p(-p)) + b
+    return 1.0 / (1.0 + np.exp(-t))

@@ -15,13 +15,17 @@ Per task: ``auc``, ``auc_reason``, ``n``, ``n_pos``, ``logloss``, ``logloss_unco
 * ``cvr``: ``p_cvr`` vs conversion over the clicked rows only.
 * ``ctcvr``: ``p_ctr * p_cvr`` vs conversion over all rows.
 
-When the training data had its negatives down-sampled (``keep_prob < 1``) the CTR probability is
+Probabilities. With ``calibration`` (Platt parameters fitted on the unsampled validation split,
+the default of training) the CTR and CVR outputs are mapped through them and CTCVR is their
+product: this undoes negative sampling and every loss weight at once. Without it, when the
+training data had its negatives down-sampled (``keep_prob < 1``) the CTR probability is
 corrected with :func:`correct_negative_sampling` (and for the CTR loss's pos_weight, see
 ``ctr_pos_weight``) and the CTCVR probability is the corrected CTR
-probability times ``p_cvr``. ``logloss`` and the calibration ``mean_pred`` use the corrected
-probability, ``*_uncorrected`` the raw one; for CVR both are the same. The CTR AUC is unchanged by
-the (monotone) correction; the CTCVR AUC is computed on the corrected product, and its AUC on the
-raw product is also reported as ``auc_uncorrected`` when ``keep_prob < 1``.
+probability times ``p_cvr`` (``calibration_method`` says which). ``logloss`` and the calibration ``mean_pred`` use the corrected
+probability, ``*_uncorrected`` the raw one. Every AUC ranks the
+model's own outputs (SPEC §6): the CTCVR AUC ranks ``p_ctr * p_cvr`` as the heads output them, so
+neither the corrections nor ``evaluation.correct_pos_weight`` can change an AUC or which
+checkpoint is kept.
 
 AUCs run on the device of torch inputs; the rest is computed on the host in float64.
 """
@@ -36,6 +40,7 @@ import numpy as np
 
 from .auc import AucResult, roc_auc
 from .calibration import (
+    apply_platt,
     calibration_bins,
     correct_negative_sampling,
     logloss,
@@ -127,7 +132,9 @@ def _task_block(
     strategy: str,
     eps: float,
 ) -> dict[str, Any]:
-    res: AucResult = roc_auc(scores, labels)
+    """AUC of the model's own output (``scores_uncorrected`` when given), probability metrics
+    (log loss, calibration) of the corrected ``scores``."""
+    res: AucResult = roc_auc(scores if scores_uncorrected is None else scores_uncorrected, labels)
     p = to_numpy(scores)
     y = to_numpy(labels)
     p_raw = p if scores_uncorrected is None else to_numpy(scores_uncorrected)
@@ -168,6 +175,7 @@ def compute_metrics(
     ctr_pos_weight: float = 1.0,
     n_bins: int = 10,
     truth: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
     calibration_strategy: str = "quantile",
     eps: float = 1e-7,
 ) -> dict[str, Any]:
@@ -190,6 +198,11 @@ def compute_metrics(
         ``keep_prob``: odds x keep_prob / ctr_pos_weight). 1 = only the sampling correction.
     n_bins, calibration_strategy:
         Calibration bins (``"quantile"`` or ``"uniform"``) of the corrected probability.
+    calibration:
+        Optional ``{"ctr": (a, b), "cvr": (a, b)}`` Platt parameters fitted on an unsampled
+        split (:func:`~rec_pipeline.metrics.calibration.fit_platt`). When given they replace the
+        odds correction: the corrected probabilities are ``sigmoid(a * logit(p) + b)`` for CTR
+        and CVR, and CTCVR is their product.
     truth:
         Optional ``{"p_ctr": ..., "p_cvr": ...}`` true probabilities aligned with the rows;
         adds ``oracle_auc`` and ``oracle_gap = oracle_auc - auc`` per task.
@@ -209,10 +222,17 @@ def compute_metrics(
         raise ValueError(f"ctr_pos_weight must be > 0, got {ctr_pos_weight!r}")
     correct_negative_sampling(0.5, keep_prob)  # validates keep_prob
     odds_factor = float(keep_prob) / float(ctr_pos_weight)
-    p_ctr_corr = rescale_odds(p_ctr_raw, odds_factor)
     p_ctcvr_raw = p_ctr_raw * p_cvr
-    p_ctcvr_corr = p_ctr_corr * p_cvr
-    corrected = odds_factor != 1.0
+    p_cvr_corr = None
+    if calibration is not None:
+        p_ctr_corr = apply_platt(p_ctr_raw, calibration["ctr"])
+        p_cvr_corr = apply_platt(p_cvr, calibration["cvr"])
+        p_ctcvr_corr = p_ctr_corr * p_cvr_corr
+        corrected = True
+    else:
+        p_ctr_corr = rescale_odds(p_ctr_raw, odds_factor)
+        p_ctcvr_corr = p_ctr_corr * p_cvr
+        corrected = odds_factor != 1.0
 
     true_ctr = true_cvr = None
     if truth is not None:
@@ -235,9 +255,9 @@ def compute_metrics(
             **opts,
         ),
         "cvr": _task_block(
-            _mask(p_cvr, clicked),
+            _mask(p_cvr, clicked) if p_cvr_corr is None else p_cvr_corr[to_numpy(clicked)],
             _mask(conversion, clicked),
-            None,
+            None if p_cvr_corr is None else _mask(p_cvr, clicked),
             None if true_cvr is None else _mask(true_cvr, clicked),
             **opts,
         ),
@@ -249,9 +269,6 @@ def compute_metrics(
             **opts,
         ),
     }
-    if corrected:
-        tasks["ctcvr"]["auc_uncorrected"] = roc_auc(p_ctcvr_raw, conversion).value
-
     primary, reason = primary_auc(
         tasks["ctr"]["auc"], tasks["cvr"]["auc"], tasks["ctcvr"]["auc"], esmm=esmm
     )
@@ -262,6 +279,7 @@ def compute_metrics(
         "esmm": bool(esmm),
         "keep_prob": float(keep_prob),
         "ctr_pos_weight": float(ctr_pos_weight),
+        "calibration_method": "platt" if calibration is not None else "odds",
         "auc_primary": primary,
         "auc_primary_reason": reason,
         "tasks": tasks,
@@ -275,7 +293,6 @@ def _is_number(v: Any) -> bool:
 #: Per-task keys copied by :func:`flat_metrics`, named ``{key}_{task}``.
 _FLAT_TASK_KEYS = (
     "auc",
-    "auc_uncorrected",
     "logloss",
     "logloss_uncorrected",
     "oracle_auc",

@@ -88,6 +88,7 @@ class _Plan:
     dims: dict[str, int]
     emb_dim: int
     concat_dim: int
+    dense_dim: int  # width of the deep MLP's input: concat_dim (+ F with field values)
     deep_dims: list[int]
     deep_out: int
     deep_activation: str
@@ -103,6 +104,8 @@ class _Plan:
     part_dims: dict[str, int]
     add_emb: str
     priors: dict[str, float]
+    head_inputs: dict[str, list[str]]  # per task: extra backbone parts fed to its head
+    head_in_dims: dict[str, int]
 
 
 def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
@@ -114,8 +117,9 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
     dims = {f: cfg.embedding_dim(f) for f in fields}
     emb_dim = max(dims.values())
     concat_dim = sum(dims.values())
+    dense_dim = concat_dim + (len(fields) if cfg.embedding.weight_channel == "dense" else 0)
     deep_dims = [int(d) for d in bb.deep_hidden_dims]
-    deep_out = deep_dims[-1] if deep_dims else concat_dim
+    deep_out = deep_dims[-1] if deep_dims else dense_dim
     legacy = bb.use_legacy_pseudo_deepfm
     tasks = list(cfg.model.tasks)
 
@@ -155,7 +159,7 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
     if mm.add_emb in ("sum", "mean"):
         part_dims["emb"] = emb_dim
     elif mm.add_emb == "concat":
-        part_dims["emb"] = concat_dim
+        part_dims["emb"] = dense_dim
 
     priors = {}
     for task in tasks:
@@ -170,10 +174,24 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         # An empirical rate of exactly 0 or 1 (tiny data) is pulled into (0, 1).
         priors[task] = min(max(float(p), 1e-6), 1.0 - 1e-6)
 
+    part_width = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim}
+    head_inputs: dict[str, list[str]] = {}
+    head_in_dims: dict[str, int] = {}
+    for task in tasks:
+        extra = list(dict.fromkeys(cfg.model.heads.for_task(task).extra_inputs))
+        if "fm_vec" in extra and not bb.fm_enabled:
+            raise ValueError(
+                f"model.heads.{task}.extra_inputs has fm_vec: needs model.backbone.fm_enabled"
+            )
+        head_inputs[task] = extra
+        head_in_dims[task] = mm.expert_mlp_dims[-1] + sum(part_width[k] for k in extra)
+    fm_needed = fm_needed or any("fm_vec" in v for v in head_inputs.values())
+
     return _Plan(
         dims=dims,
         emb_dim=emb_dim,
         concat_dim=concat_dim,
+        dense_dim=dense_dim,
         deep_dims=deep_dims,
         deep_out=deep_out,
         deep_activation=bb.deep_activation,
@@ -189,6 +207,8 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         part_dims=part_dims,
         add_emb=mm.add_emb,
         priors=priors,
+        head_inputs=head_inputs,
+        head_in_dims=head_in_dims,
     )
 
 
@@ -220,11 +240,12 @@ class DeepFmMmoe(nn.Module):
             meta.vocab_sizes,
             plan.dims,
             mode=cfg.embedding.mode,
+            weight_channel=cfg.embedding.weight_channel,
             sparse=cfg.embedding.sparse_grad,
             init_std=cfg.embedding.init_std,
         )
         self.deep = MLP(
-            plan.concat_dim,
+            plan.dense_dim,
             plan.deep_dims,
             activation=plan.deep_activation,
             dropout=plan.deep_dropout,
@@ -264,7 +285,7 @@ class DeepFmMmoe(nn.Module):
         for task in self.tasks:
             h = cfg.model.heads.for_task(task)
             heads[task] = TaskHead(
-                self.mmoe.out_dim,
+                plan.head_in_dims[task],
                 h.mlp_dims,
                 activation=h.activation,
                 dropout=h.dropout,
@@ -276,7 +297,8 @@ class DeepFmMmoe(nn.Module):
     def forward(self, batch: BatchLike) -> ModelOutput:
         plan = self.plan
         emb = self.embedding(batch)
-        deep_h = self.deep(emb.emb_concat)  # [B, deep_out]
+        dense_input = emb.dense_input  # [B, dense_dim]
+        deep_h = self.deep(dense_input)  # [B, deep_out]
         fm_vec: Tensor | None = None
         fm_logit: Tensor | None = None
         if self.fm is not None:
@@ -293,12 +315,17 @@ class DeepFmMmoe(nn.Module):
         elif plan.add_emb == "mean":
             parts["emb"] = emb.mean_emb
         elif plan.add_emb == "concat":
-            parts["emb"] = emb.emb_concat
+            parts["emb"] = dense_input
         x = self.composer(parts)  # [B, out_dim]
         mixed, gates = self.mmoe(x)
+        skips = {"deep_h": deep_h, "emb": dense_input, "fm_vec": fm_vec}
         logits = {}
         for task in self.tasks:
-            logit = self.heads[task](mixed[task]).float()
+            head_in = mixed[task]  # [B, H]
+            if plan.head_inputs[task]:
+                extra = [skips[k].to(head_in.dtype) for k in plan.head_inputs[task]]
+                head_in = torch.cat([head_in, *extra], dim=-1)  # [B, head_in_dims[task]]
+            logit = self.heads[task](head_in).float()
             use_wide, use_fm = plan.per_head_add[task]
             if use_wide:
                 logit = logit + emb.logit_linear.float()
@@ -387,8 +414,10 @@ def expected_parameter_counts(cfg: Config, meta: ModelMeta) -> dict[str, int]:
     mm = cfg.model.mmoe
     rows = sum(int(meta.vocab_sizes[f]) for f in meta.fields)
     counts = {"embedding": rows * (plan.emb_dim + 1)}
+    if cfg.embedding.weight_channel == "dense":
+        counts["embedding"] += len(meta.fields)  # value_coef
     counts["deep"] = mlp_parameter_count(
-        plan.concat_dim, plan.deep_dims, activation=plan.deep_activation, use_bn=plan.deep_use_bn
+        plan.dense_dim, plan.deep_dims, activation=plan.deep_activation, use_bn=plan.deep_use_bn
     )
     fm = 0
     if plan.fm_needed and plan.fm_logit and plan.fm_projection_dim is not None:
@@ -416,11 +445,10 @@ def expected_parameter_counts(cfg: Config, meta: ModelMeta) -> dict[str, int]:
     counts["experts"] = e * mlp_parameter_count(plan.out_dim, mm.expert_mlp_dims)
     hidden = mm.gate_hidden_dims if mm.gate_type == "mlp" else []
     counts["gates"] = len(cfg.model.tasks) * mlp_parameter_count(plan.out_dim, hidden, out_dim=e)
-    h_in = mm.expert_mlp_dims[-1]
     for task in cfg.model.tasks:
         h = cfg.model.heads.for_task(task)
         counts[f"head_{task}"] = mlp_parameter_count(
-            h_in, h.mlp_dims, activation=h.activation, use_bn=h.use_bn, out_dim=1
+            plan.head_in_dims[task], h.mlp_dims, activation=h.activation, use_bn=h.use_bn, out_dim=1
         )
     counts["dense_total"] = sum(v for k, v in counts.items() if k != "embedding")
     counts["total"] = counts["dense_total"] + counts["embedding"]

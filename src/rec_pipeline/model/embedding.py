@@ -15,7 +15,20 @@ Pooling. One ``F.embedding_bag`` call per side, with one bag per (row, field) pa
 (``bag = row * F_side + field``); bag offsets come from a bag-count cumsum built with
 ``index_add_`` (no host synchronisation). ``mode="sum"`` gives ``sum_i w_i e_i``; ``mode="mean"``
 divides that by ``sum_i w_i`` (a bag whose weights sum to 0, in particular an empty bag, pools
-to 0). The common side is pooled for the distinct common records only, then expanded to the
+to 0).
+
+Bag weights. A weighted mean turns a one-id bag into its bare vector (``w e / w = e``), so the
+intensity that Ali-CCP's cross fields carry as their value (a log count) would never reach the
+network. ``weight_channel`` decides how it does (docs/model.md, "Feature values"):
+
+* ``"none"``: the plain weighted mean (or sum) above.
+* ``"scale"``: the mean of ``w_i e_i`` over the bag's ``n`` ids, ``sum_i w_i e_i / n``, which is
+  ``w e`` for a one-id bag and the weighted mean times the bag's mean weight otherwise
+  (``mode="mean"`` only: a sum already carries the weights).
+* ``"dense"``: the pooling above, plus each bag's mean weight ``sum_i w_i / n`` (0 for an empty
+  bag) as a dense value per field, ``values [B, F]``, with a learned first-order coefficient per
+  field added to ``logit_linear``; the model feeds ``values`` to the deep MLP beside
+  ``emb_concat``. The common side is pooled for the distinct common records only, then expanded to the
 batch rows with ``cm_inverse``. Because U is not known on the host without a synchronisation,
 the common side is pooled into B bag-rows (U <= B; the rows past U are empty and never read).
 
@@ -68,7 +81,9 @@ class EmbeddingOutput:
     emb_stack [B, F, D]: per-field pooled vectors (columns >= d_f are 0).
     emb_concat [B, sum_f d_f]: the valid columns of emb_stack, field by field.
     sum_emb [B, D]: sum over fields. mean_emb [B, D]: sum_emb / F.
-    logit_linear [B]: sum over fields of the pooled first-order weight.
+    logit_linear [B]: sum over fields of the pooled first-order weight (and, with
+        ``weight_channel="dense"``, of each field's coefficient times its value).
+    values [B, F] | None: each bag's mean weight (``weight_channel="dense"`` only).
     """
 
     emb_stack: Tensor
@@ -76,6 +91,14 @@ class EmbeddingOutput:
     sum_emb: Tensor
     mean_emb: Tensor
     logit_linear: Tensor
+    values: Tensor | None = None
+
+    @property
+    def dense_input(self) -> Tensor:
+        """``emb_concat``, with ``values`` appended when present: ``[B, sum_f d_f (+ F)]``."""
+        if self.values is None:
+            return self.emb_concat
+        return torch.cat([self.emb_concat, self.values.to(self.emb_concat.dtype)], dim=1)
 
 
 class FusedFieldEmbedding(nn.Module):
@@ -86,6 +109,7 @@ class FusedFieldEmbedding(nn.Module):
         vocab_sizes: rows of each field's table, index 0 included.
         dims: embedding dim per field name.
         mode: ``"mean"`` (weighted mean, sum(w e) / sum(w)) or ``"sum"`` (sum(w e)).
+        weight_channel: ``"none"``, ``"scale"`` or ``"dense"`` (see the module docstring).
         sparse: produce sparse gradients for the tables (for a sparse optimiser).
         init_std: std of the normal init of the vector columns.
     """
@@ -98,12 +122,20 @@ class FusedFieldEmbedding(nn.Module):
         dims: dict[str, int],
         *,
         mode: str = "mean",
+        weight_channel: str = "none",
         sparse: bool = True,
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if mode not in ("mean", "sum"):
             raise ValueError(f"embedding mode must be 'mean' or 'sum' (got {mode!r})")
+        if weight_channel not in ("none", "scale", "dense"):
+            raise ValueError(
+                "embedding weight_channel must be 'none', 'scale' or 'dense' "
+                f"(got {weight_channel!r})"
+            )
+        if weight_channel == "scale" and mode != "mean":
+            raise ValueError("embedding weight_channel 'scale' needs mode 'mean'")
         self.skeleton_fields = list(skeleton_fields)
         self.common_fields = list(common_fields)
         self.fields = self.skeleton_fields + self.common_fields
@@ -119,6 +151,7 @@ class FusedFieldEmbedding(nn.Module):
             if name not in dims or int(dims[name]) < 1:
                 raise ValueError(f"no positive embedding dim for field {name!r}")
         self.mode = mode
+        self.weight_channel = weight_channel
         self.sparse = bool(sparse)
         self.init_std = float(init_std)
         self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.fields}
@@ -144,6 +177,11 @@ class FusedFieldEmbedding(nn.Module):
         self.register_buffer(
             "concat_index", torch.tensor(cols, dtype=torch.long), persistent=False
         )  # [sum d_f] into the flattened [F * D]
+        # First-order coefficient of each field's value (weight_channel "dense"); a dense
+        # parameter, so the dense optimiser trains it.
+        self.value_coef = (
+            nn.Parameter(torch.zeros(self.num_fields)) if weight_channel == "dense" else None
+        )
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------ construction
@@ -179,6 +217,8 @@ class FusedFieldEmbedding(nn.Module):
                 table[start, :] = 0.0
                 table[start : start + rows, d : self.dim] = 0.0
                 start += rows
+        if self.value_coef is not None:
+            self.value_coef.zero_()
 
     def tables(self) -> list[nn.Parameter]:
         """The embedding tables (one or two)."""
@@ -200,13 +240,18 @@ class FusedFieldEmbedding(nn.Module):
         rows: Tensor,
         n_rows: int,
     ) -> Tensor:
-        """Pool one side: values -> ``[n_rows, F_side, D + 1]``."""
+        """Pool one side: values -> ``[n_rows, F_side, D + 1 (+ 1)]``.
+
+        Columns: ``0..D-1`` the vector, ``D`` the first-order weight, and with
+        ``weight_channel="dense"`` a last column holding the bag's mean weight.
+        """
         n_fields = row_offset.shape[0]
         n_bags = n_rows * n_fields
         bag = rows * n_fields + fields
         counts = torch.zeros(n_bags + 1, dtype=torch.long, device=ids.device)
         counts.index_add_(0, bag + 1, torch.ones_like(bag))
         offsets = counts.cumsum(0)  # [n_bags + 1]; include_last_offset=True
+        n_ids = counts[1:].to(table.dtype)  # [n_bags] ids per bag
         w = weights.to(table.dtype)
         pooled = F.embedding_bag(
             ids + row_offset[fields],
@@ -217,11 +262,18 @@ class FusedFieldEmbedding(nn.Module):
             include_last_offset=True,
             sparse=self.sparse,
         )  # [n_bags, D + 1]
-        if self.mode == "mean":
+        wsum = None
+        if self.mode == "mean" or self.weight_channel == "dense":
             wsum = torch.zeros(n_bags, dtype=table.dtype, device=ids.device).index_add_(0, bag, w)
-            denom = torch.where(wsum != 0, wsum, torch.ones_like(wsum))
+        if self.mode == "mean":
+            # "scale" divides by the id count instead: the mean of w_i e_i over the bag.
+            denom = n_ids if self.weight_channel == "scale" else wsum
+            denom = torch.where(denom != 0, denom, torch.ones_like(denom))
             pooled = pooled / denom.unsqueeze(1)
-        return pooled.view(n_rows, n_fields, self.dim + 1)
+        if self.weight_channel == "dense":
+            mean_w = wsum / n_ids.clamp_min(1.0)  # [n_bags]; 0 for an empty bag
+            pooled = torch.cat([pooled, mean_w.unsqueeze(1)], dim=1)
+        return pooled.view(n_rows, n_fields, -1)
 
     def forward(self, batch: BatchLike) -> EmbeddingOutput:
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
@@ -255,6 +307,10 @@ class FusedFieldEmbedding(nn.Module):
         if not self.uniform_dims:
             emb_stack = emb_stack * self.dim_mask
         logit_linear = stacked[..., self.dim].sum(dim=1)  # [B]
+        values = None
+        if self.value_coef is not None:
+            values = stacked[..., self.dim + 1]  # [B, F]
+            logit_linear = logit_linear + values @ self.value_coef.to(values.dtype)
         flat = emb_stack.reshape(n_rows, self.num_fields * self.dim)
         emb_concat = flat if self.uniform_dims else flat.index_select(1, self.concat_index)
         sum_emb = emb_stack.sum(dim=1)
@@ -264,6 +320,7 @@ class FusedFieldEmbedding(nn.Module):
             sum_emb=sum_emb,
             mean_emb=sum_emb / self.num_fields,
             logit_linear=logit_linear,
+            values=values,
         )
 
     @torch.no_grad()
@@ -292,5 +349,5 @@ class FusedFieldEmbedding(nn.Module):
         return (
             f"fields={self.num_fields} (skeleton {len(self.skeleton_fields)}, common "
             f"{len(self.common_fields)}), dim={self.dim}, concat_dim={self.concat_dim}, "
-            f"mode={self.mode}, sparse={self.sparse}"
+            f"mode={self.mode}, weight_channel={self.weight_channel}, sparse={self.sparse}"
         )

@@ -245,8 +245,6 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
     for task, b in blocks.items():
         cells = "".join(_td(b.get(key), digits) for _, key, digits in cols)
         notes = [str(b[k]) for k in ("auc_reason", "oracle_auc_reason") if b.get(k)]
-        if b.get("auc_uncorrected") is not None:
-            notes.append(f"AUC on the uncorrected product: {b['auc_uncorrected']:.5f}")
         rows.append(
             f"<tr><th>{_e(_TASK_LABELS.get(task, task))}</th>{cells}"
             f"<td>{_e('; '.join(notes))}</td></tr>"

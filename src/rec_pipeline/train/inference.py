@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from rec_pipeline.data.batches import SplitData
-from rec_pipeline.metrics.calibration import rescale_odds
+from rec_pipeline.metrics.calibration import apply_platt, fit_platt, rescale_odds
 from rec_pipeline.metrics.evaluate import compute_metrics
 
 
@@ -83,9 +83,15 @@ def evaluate_split(
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
     truth: pd.DataFrame | None = None,
+    calibration: dict | None = None,
     with_predictions: bool = False,
 ) -> tuple[dict, pd.DataFrame | None]:
-    """Metrics (SPEC §6) of the model on a split, and optionally the prediction table."""
+    """Metrics (SPEC §6) of the model on a split, and optionally the prediction table.
+
+    ``calibration``: Platt parameters per task (a checkpoint's ``calibration``), which then make
+    the saved probabilities; without them, the odds correction of ``keep_prob`` and
+    ``ctr_pos_weight`` does (see :func:`~rec_pipeline.metrics.evaluate.compute_metrics`).
+    """
     p_ctr, p_cvr, n = predict(model, data, batch_size, amp_dtype=amp_dtype, max_batches=max_batches)
     click, conversion = data.click[:n], data.conversion[:n]
     aligned = align_truth(truth, data.sample_id[:n]) if truth is not None else None
@@ -99,13 +105,18 @@ def evaluate_split(
         ctr_pos_weight=ctr_pos_weight,
         n_bins=n_bins,
         truth=aligned,
+        calibration=calibration,
     )
     preds = None
     if with_predictions:
         # Probabilities on the unsampled population (the corrections of the metrics above).
         raw = p_ctr.double().cpu().numpy()
-        ctr = rescale_odds(raw, keep_prob / ctr_pos_weight)
-        cvr = p_cvr.double().cpu().numpy()
+        cvr_raw = p_cvr.double().cpu().numpy()
+        if calibration is not None:
+            ctr = apply_platt(raw, calibration["ctr"])
+            cvr = apply_platt(cvr_raw, calibration["cvr"])
+        else:
+            ctr, cvr = rescale_odds(raw, keep_prob / ctr_pos_weight), cvr_raw
         preds = pd.DataFrame(
             {
                 "sample_id": data.sample_id[:n],
@@ -114,10 +125,23 @@ def evaluate_split(
                 "p_ctr": ctr,
                 "p_cvr": cvr,
                 "p_ctcvr": ctr * cvr,
-                "p_ctr_uncorrected": raw,  # the CTR head's output as trained
+                "p_ctr_uncorrected": raw,  # the heads' outputs as trained
+                "p_cvr_uncorrected": cvr_raw,
             }
         )
     return metrics, preds
+
+
+def fit_calibration(
+    p_ctr: torch.Tensor, p_cvr: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor
+) -> dict[str, list[float]]:
+    """Platt parameters ``{"ctr": [a, b], "cvr": [a, b]}`` from a model's outputs on an
+    unsampled split: CTR on every row, CVR on the clicked rows."""
+    clicked = click.bool()
+    return {
+        "ctr": list(fit_platt(p_ctr, click)),
+        "cvr": list(fit_platt(p_cvr[clicked], conversion[clicked])),
+    }
 
 
 def summarise(metrics: Mapping) -> str:

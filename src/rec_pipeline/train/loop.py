@@ -20,14 +20,14 @@ from tqdm.auto import tqdm
 
 from rec_pipeline.config import Config, load_config
 from rec_pipeline.data.batches import SplitData
-from rec_pipeline.metrics.evaluate import flat_metrics
+from rec_pipeline.metrics.evaluate import compute_metrics, flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
 from rec_pipeline.train.diagnostics import (
     health_metrics,
     task_gradient_stats,
     task_losses_for_diagnostics,
 )
-from rec_pipeline.train.inference import autocast, evaluate_split, summarise
+from rec_pipeline.train.inference import autocast, fit_calibration, predict, summarise
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
 from rec_pipeline.train.schedules import build_lr_schedulers, resolve_total_steps
@@ -320,17 +320,16 @@ class Trainer:
     def _validate(self) -> None:
         if self.valid_data is None or len(self.valid_data) == 0:
             return
-        rt = self.cfg.runtime
-        metrics, _ = evaluate_split(
-            self.model,
-            self.valid_data,
-            batch_size=rt.valid_batch_size or max(self.cfg.data.batch_size, 8192),
+        p_ctr, p_cvr, click, conversion = self._predict_valid()
+        metrics = compute_metrics(
+            click,
+            conversion,
+            p_ctr,
+            p_cvr,
             esmm=self.cfg.use_esmm,
             keep_prob=self.keep_prob,
             ctr_pos_weight=self._ctr_pos_weight(),
-            n_bins=10,
-            amp_dtype=self.amp_dtype,
-            max_batches=rt.max_valid_steps,
+            n_bins=self.cfg.evaluation.calibration_bins,
         )
         flat = flat_metrics(metrics)
         self.history.add(self.step, "valid", flat)
@@ -343,18 +342,44 @@ class Trainer:
                 "step": self.step,
                 "metrics": flat,
                 "pos_weight": self.pos_weights.current(self.step),
+                "calibration": fit_calibration(p_ctr, p_cvr, click, conversion),
                 "state_dict": _cpu_state(self.model),
             }
 
+    def _predict_valid(self):
+        """(p_ctr, p_cvr, click, conversion) of the current weights on the validation rows.
+
+        fp32, as auto-eval and evaluation: one checkpoint gives one set of numbers (SPEC §6).
+        """
+        rt = self.cfg.runtime
+        p_ctr, p_cvr, n = predict(
+            self.model,
+            self.valid_data,
+            rt.valid_batch_size or max(self.cfg.data.batch_size, 8192),
+            amp_dtype=None,
+            max_batches=rt.max_valid_steps,
+        )
+        return p_ctr, p_cvr, self.valid_data.click[:n], self.valid_data.conversion[:n]
+
+    def _calibration(self) -> dict | None:
+        """Platt parameters of the current weights on the validation split (None without one)."""
+        if self.valid_data is None or len(self.valid_data) == 0:
+            return None
+        return fit_calibration(*self._predict_valid())
+
     # ------------------------------------------------------------------------------ result
     def _result(self, elapsed: float, valid_s: float, rows_seen: int) -> TrainResult:
-        last_state = self._state() if self.cfg.runtime.save_last else None
+        last_state = None
+        if self.cfg.runtime.save_last:
+            last_state = self._state()
+            last_state["calibration"] = self._calibration()
         if self.best is None:
             # No validation split (or no AUC yet): the last weights are the best we have.
             self.best = {
                 "step": self.step,
                 "metrics": {},
                 "pos_weight": self.pos_weights.current(self.step),
+                "calibration": self._calibration(),
                 "state_dict": _cpu_state(self.model),
             }
         checkpoint = {
@@ -390,6 +415,14 @@ def checkpoint_ctr_pos_weight(checkpoint: dict, which: str, correct: bool) -> fl
     """The CTR pos_weight the ``which`` weights were trained with (1 when not correcting)."""
     entry = checkpoint.get(which) or {}
     return float((entry.get("pos_weight") or {}).get("ctr", 1.0)) if correct else 1.0
+
+
+def checkpoint_calibration(checkpoint: dict, which: str, method: str) -> dict | None:
+    """The Platt parameters stored with the ``which`` weights when ``method`` is ``platt``
+    (None otherwise, or for a checkpoint that has none: the odds correction then applies)."""
+    if method != "platt":
+        return None
+    return (checkpoint.get(which) or {}).get("calibration")
 
 
 def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -> torch.nn.Module:

@@ -13,9 +13,9 @@ from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
 from rec_pipeline.train.loop import (
+    checkpoint_calibration,
     checkpoint_ctr_pos_weight,
     model_from_checkpoint,
-    resolve_amp_dtype,
     resolve_device,
 )
 
@@ -53,8 +53,9 @@ def evaluate_model(
             model_checkpoint, ev.checkpoint, ev.correct_pos_weight
         ),
         n_bins=ev.calibration_bins,
-        amp_dtype=resolve_amp_dtype(trained, device),
+        # fp32 (no autocast), as validation and auto-eval: one checkpoint, one set of numbers.
         truth=raw_aliccp.load_truth(ev.split),
+        calibration=checkpoint_calibration(model_checkpoint, ev.checkpoint, ev.calibration),
         with_predictions=True,
     )
     best = model_checkpoint.get(ev.checkpoint) or {}

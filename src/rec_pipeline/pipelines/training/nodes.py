@@ -15,6 +15,7 @@ from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
 from rec_pipeline.train.loop import (
     Trainer,
+    checkpoint_calibration,
     checkpoint_ctr_pos_weight,
     model_from_checkpoint,
     resolve_device,
@@ -67,6 +68,9 @@ def train_model(
             ),
             n_bins=cfg.evaluation.calibration_bins,
             truth=raw_aliccp.load_truth(split),
+            calibration=checkpoint_calibration(
+                result.checkpoint, cfg.runtime.auto_eval_ckpt, cfg.evaluation.calibration
+            ),
             with_predictions=cfg.runtime.auto_eval_save_preds,
         )
         log.info("auto_eval (%s, %s): %s", split, cfg.runtime.auto_eval_ckpt, summarise(metrics))
