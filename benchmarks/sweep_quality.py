@@ -11,7 +11,6 @@ on the test split and prints one table row per run with the oracle AUCs and the 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -25,19 +24,9 @@ from rec_pipeline.train.inference import evaluate_split
 from rec_pipeline.train.loop import Trainer, model_from_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "peers"))
 import encoded_data  # noqa: E402
-
-
-def apply(params: dict, overrides: str) -> dict:
-    out = copy.deepcopy(params)
-    for item in filter(None, overrides.split(",")):
-        key, value = item.split("=", 1)
-        node = out
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+from ours import apply_overrides  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +44,7 @@ def main() -> None:
     base = yaml.safe_load(Path(args.params).read_text())
     rows = []
     for ov in args.overrides:
-        p = apply(base, ov)
+        p = apply_overrides(base, ov)
         p["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})
         cfg = load_config(p)
         t0 = time.perf_counter()

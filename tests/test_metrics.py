@@ -493,3 +493,22 @@ def test_ctr_pos_weight_correction_divides_the_odds():
     assert m["tasks"]["ctr"]["auc"] == plain["tasks"]["ctr"]["auc"]
     with pytest.raises(ValueError):
         compute_metrics(click, np.zeros(6), q, q, esmm=True, ctr_pos_weight=0.0)
+
+
+def test_fit_platt_matches_unregularised_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from rec_pipeline.metrics.calibration import apply_platt, fit_platt
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(-2.0, 1.5, 20_000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.6 * z - 0.8)))).astype(np.float64)
+    p = 1 / (1 + np.exp(-z))  # an over-confident score: the truth is sigmoid(0.6 z - 0.8)
+    a, b = fit_platt(p, y)
+    ref = LogisticRegression(penalty=None, tol=1e-12, max_iter=1000).fit(z[:, None], y)
+    assert a == pytest.approx(float(ref.coef_[0, 0]), abs=1e-5)
+    assert b == pytest.approx(float(ref.intercept_[0]), abs=1e-5)
+    q = apply_platt(p, (a, b))
+    assert q.mean() == pytest.approx(y.mean(), rel=1e-6)  # the intercept's score equation
+    assert log_loss(y, q) < log_loss(y, p)
+    assert fit_platt(p, np.zeros_like(y)) == (1.0, 0.0)  # one class: nothing to fit

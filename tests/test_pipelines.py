@@ -36,6 +36,13 @@ def test_whole_chain_then_rerun_evaluation(project):
     assert ckpt["metadata"]["vocab_fingerprint"] == cat.load("metadata")["vocab_fingerprint"]
     hist = cat.load("training_history")
     assert {"train", "valid", "health", "grad"} <= set(hist["kind"])
+    # One checkpoint, one split, one set of numbers: the validation that kept the best weights
+    # and auto-eval of those weights on the validation split agree exactly (both in fp32).
+    summary = cat.load("training_summary")
+    auto = summary["auto_eval"]
+    assert auto["split"] == "valid" and auto["checkpoint"] == "best"
+    for task in ("ctr", "cvr", "ctcvr"):
+        assert summary["best_metrics"].get(f"auc_{task}") == auto["tasks"][task]["auc"], task
     report = latest(project / "data/08_reporting/report.html").read_text()
     assert "<img" in report and "http://" not in report
     dq = cat.load("data_quality")
@@ -46,6 +53,12 @@ def test_whole_chain_then_rerun_evaluation(project):
     versions = cat.load("evaluation_metrics_versions")
     assert [v["data"]["split"] for v in versions] == ["test", "valid"]
     assert versions[-1]["data"]["checkpoint"] == "last"
+    # ... and the evaluation node gives the same numbers again for the best weights on valid.
+    run(project, "evaluation", {**TINY, "evaluation": {"split": "valid", "checkpoint": "best"}})
+    again = catalog(project).load("evaluation_metrics")  # a new catalog: the newest version
+    assert again["split"] == "valid" and again["checkpoint"] == "best"
+    for task in ("ctr", "cvr", "ctcvr"):
+        assert again["tasks"][task]["auc"] == auto["tasks"][task]["auc"], task
     assert len(list((project / "data/06_models/model_checkpoint.pt").iterdir())) == 1
     run(project, "reporting")
     assert "Comparison" in latest(project / "data/08_reporting/report.html").read_text()

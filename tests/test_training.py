@@ -44,34 +44,40 @@ def _cfg(params: dict, **over):
 @pytest.mark.slow
 def test_training_beats_a_constant_predictor(data):
     params, meta, train, valid, test, truth = data
-    cfg = _cfg(params, runtime={"epochs": 4, "valid_every": 20, "log_every": 20})
+    # The source's loss weights, so that both calibrations below have something to undo.
+    cfg = _cfg(
+        params,
+        runtime={"epochs": 4, "valid_every": 20, "log_every": 20},
+        loss={"static_pos_weight": {"ctr": 24.7, "ctcvr": 4800}},
+    )
     result = Trainer(cfg, meta, train, valid).fit()
     model = model_from_checkpoint(result.checkpoint, "best")
-    metrics, _ = evaluate_split(
-        model,
-        test,
-        batch_size=4096,
-        esmm=True,
-        keep_prob=meta["neg_keep_prob_train"],
-        n_bins=5,
-        truth=truth,
-    )
+
+    def scores(**kw):
+        m, _ = evaluate_split(
+            model, test, batch_size=4096, esmm=True, keep_prob=meta["neg_keep_prob_train"], **kw
+        )
+        return m
+
+    metrics = scores(n_bins=5, truth=truth)
     ctr = metrics["tasks"]["ctr"]
     # Calibration: pos_weight 24.7 and keep 0.4 multiply the learnt odds by ~62; the corrected
     # probability is close to the observed click rate, the raw one several times off.
     w = result.checkpoint["best"]["pos_weight"]["ctr"]
-    corrected, _ = evaluate_split(
-        model,
-        test,
-        batch_size=4096,
-        esmm=True,
-        keep_prob=meta["neg_keep_prob_train"],
-        ctr_pos_weight=w,
-        n_bins=5,
-    )
+    corrected = scores(ctr_pos_weight=w, n_bins=5)
     rate = corrected["tasks"]["ctr"]["pos_rate"]
     assert abs(corrected["tasks"]["ctr"]["mean_pred"] / rate - 1) < 0.5
     assert corrected["tasks"]["ctr"]["mean_pred_uncorrected"] > 3 * rate
+    # Platt scaling fitted on validation: CTR and CVR probabilities match the observed test
+    # rates (CVR's raw output is inflated by the CTCVR pos_weight), the AUCs are unchanged.
+    platt = scores(n_bins=5, calibration=result.checkpoint["best"]["calibration"])
+    for task in ("ctr", "cvr", "ctcvr"):
+        block = platt["tasks"][task]
+        assert abs(block["mean_pred"] / block["pos_rate"] - 1) < 0.3, (task, block)
+        assert block["auc"] == metrics["tasks"][task]["auc"]
+    cvr = platt["tasks"]["cvr"]
+    assert cvr["mean_pred_uncorrected"] > 1.25 * cvr["pos_rate"]
+    assert cvr["logloss"] < cvr["logloss_uncorrected"]
     # A constant scores AUC 0.5; the planted truth's oracle is ~0.78 on this data.
     assert ctr["auc"] > 0.62, ctr
     assert ctr["oracle_auc"] > ctr["auc"] - 0.02  # and no better than the oracle (sanity)
