@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rec_pipeline.config import LRSchedulerConfig, PosWeightScheduleConfig, load_config
+from rec_pipeline.config import ConfigError, LRSchedulerConfig, PosWeightScheduleConfig, load_config
 from rec_pipeline.train.schedules import (
     build_lr_schedulers,
     lr_factor,
@@ -117,3 +117,54 @@ def test_build_lr_schedulers_follow_lr_factor(target):
     sched2 = build_lr_schedulers(dense2, sparse2, cfg, total_steps=20)
     sched2.load_state_dict(state)
     assert sched2.dense.last_epoch == 25
+
+
+def test_step_fractions_resolve_to_counts_of_the_run():
+    from rec_pipeline.train.schedules import resolve_step_fractions
+
+    cfg = load_config(
+        {
+            "optim": {"lr_scheduler": {"warmup_steps": 0.125, "step_milestones": [0.5, 0.75]}},
+            "loss": {
+                "aux_focal": {"enabled": True, "warmup_steps": 0.2},
+                "pos_weight_clip_schedule": {
+                    "enabled": True,
+                    "milestones": [0, 0.2],
+                    "values": [300, 30],
+                },
+            },
+            "runtime": {"valid_every": 0.1, "log_every": 7},
+        }
+    )
+    r = resolve_step_fractions(cfg, 450)
+    assert r.optim.lr_scheduler.warmup_steps == 56  # round(0.125 * 450)
+    assert r.optim.lr_scheduler.step_milestones == [225, 338]
+    assert r.loss.aux_focal.warmup_steps == 90
+    assert r.loss.pos_weight_clip_schedule.milestones == [0, 90]
+    assert r.valid_every == 45
+    # Step counts stay as they are; the source config's behaviour is unchanged.
+    counts = load_config({"optim": {"lr_scheduler": {"warmup_steps": 190}}})
+    assert resolve_step_fractions(counts, 450).optim.lr_scheduler.warmup_steps == 190
+    assert resolve_step_fractions(counts, 450).valid_every == counts.runtime.log_every
+
+
+@pytest.mark.parametrize(
+    ("params", "key"),
+    [
+        ({"optim": {"lr_scheduler": {"warmup_steps": 1.5}}}, "warmup_steps"),
+        ({"loss": {"aux_focal": {"warmup_steps": -0.1}}}, "warmup_steps"),
+        ({"runtime": {"valid_every": 0}}, "valid_every"),
+        ({"optim": {"lr_scheduler": {"step_milestones": [100, 0.5]}}}, "step_milestones"),
+    ],
+)
+def test_step_fractions_are_checked(params, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(params)
+
+
+def test_auto_eval_of_last_weights_needs_save_last():
+    # Caught before any work, not after a whole training run.
+    with pytest.raises(ConfigError, match="runtime.auto_eval_ckpt"):
+        load_config({"runtime": {"auto_eval_ckpt": "last", "save_last": False}})
+    load_config({"runtime": {"auto_eval_ckpt": "last", "save_last": True}})
+    load_config({"runtime": {"auto_eval": False, "auto_eval_ckpt": "last"}})

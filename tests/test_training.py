@@ -143,3 +143,41 @@ def test_tiny_params_are_valid():
 
     base = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())
     load_config(_merge(base, TINY))
+
+
+def test_fp16_overflow_skips_the_sparse_and_dense_steps_together(data):
+    """An inf in the embedding gradients (fp16 loss scaling overflowed) must not reach any
+    weight: both optimisers skip the step and the scaler lowers its scale; a finite step then
+    updates the tables with unscaled gradients."""
+    params, meta, train, valid, _, _ = data
+    cfg = _cfg(params, runtime={"grad_clip_norm": 1.0})
+    trainer = Trainer(cfg, meta, train, valid)
+    assert trainer.opt.sparse is not None  # the tables go to SparseAdam
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    batch = next(iter(train.iter_batches(256)))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def backward(poison: bool) -> None:
+        trainer.opt.zero_grad()
+        out = trainer.model(batch)
+        loss = out.logits["ctr"].float().mean() + out.logits["cvr"].float().mean()
+        trainer.scaler.scale(loss).backward()
+        if poison:
+            table = trainer.model.embedding.skeleton_table
+            grad = table.grad.coalesce()
+            values = grad.values().clone()
+            values[0, 0] = float("inf")
+            table.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+
+    backward(poison=True)
+    trainer._apply_gradients()
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert trainer.scaler.get_scale() == 2.0**15
+    backward(poison=False)
+    trainer._apply_gradients()
+    table = trainer.model.embedding.skeleton_table.detach()
+    assert torch.isfinite(table).all()
+    moved = (table - before["embedding.skeleton_table"]).abs().max()
+    # Adam's first step moves a touched row by about lr, not by lr times the loss scale.
+    assert 0 < moved <= 2 * cfg.optim.sparse.lr

@@ -30,6 +30,20 @@ ALICCP_COMMON_FIELDS = [
 ]
 
 
+# A step count, or a fraction of the run: a float in (0, 1) means that share of the training run's
+# total steps (the LR schedule's span), resolved when training starts
+# (rec_pipeline.train.schedules.resolve_step_fractions). Lets one configuration keep its
+# schedule's shape on data of any size.
+Steps = int | float
+
+
+def _check_steps(value: float, key: str) -> None:
+    if isinstance(value, float) and not 0.0 < value < 1.0:
+        raise ValueError(f"{key}: a float is a fraction of the run and must lie in (0, 1)")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{key}: a step count must be >= 0")
+
+
 class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type, or inconsistent with another one."""
 
@@ -327,19 +341,30 @@ class LRSchedulerConfig(_Model):
     enabled: bool = True
     target: Literal["dense", "both"] = "both"
     type: Literal["cosine", "step"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Steps = 0
     # null: derived from the data size x epochs, capped by runtime.max_train_steps.
     total_steps: int | None = Field(None, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    step_milestones: list[int] = Field(default_factory=list)
+    step_milestones: list[Steps] = Field(default_factory=list)
     step_gamma: float = Field(0.1, gt=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> LRSchedulerConfig:
-        if self.total_steps is not None and self.warmup_steps >= self.total_steps:
+        _check_steps(self.warmup_steps, "warmup_steps")
+        for m in self.step_milestones:
+            _check_steps(m, "step_milestones")
+        warmup_is_count = isinstance(self.warmup_steps, int)
+        if (
+            self.total_steps is not None
+            and warmup_is_count
+            and self.warmup_steps >= self.total_steps
+        ):
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be < total_steps ({self.total_steps})"
             )
+        kinds = {type(m) for m in self.step_milestones}
+        if len(kinds) > 1:
+            raise ValueError("step_milestones must be all step counts or all fractions")
         if sorted(self.step_milestones) != self.step_milestones:
             raise ValueError("step_milestones must be increasing")
         return self
@@ -361,7 +386,7 @@ class PosWeightScheduleConfig(_Model):
     enabled: bool = False
     target: Literal["ctcvr", "ctr", "both"] = "ctcvr"
     type: Literal["piecewise", "linear"] = "piecewise"
-    milestones: list[int] = Field(default_factory=lambda: [0])
+    milestones: list[Steps] = Field(default_factory=lambda: [0])
     values: list[float] = Field(default_factory=lambda: [300.0])
     start_step: int = Field(0, ge=0)
     end_step: int = Field(1, ge=0)
@@ -370,6 +395,10 @@ class PosWeightScheduleConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> PosWeightScheduleConfig:
+        for m in self.milestones:
+            _check_steps(m, "milestones")
+        if len({type(m) for m in self.milestones[1:]}) > 1:
+            raise ValueError("milestones must be all step counts or all fractions (after the 0)")
         if self.type == "piecewise":
             if len(self.milestones) != len(self.values) or not self.milestones:
                 raise ValueError("milestones and values must be non-empty and of equal length")
@@ -384,7 +413,7 @@ class PosWeightScheduleConfig(_Model):
 
 class AuxFocalConfig(_Model):
     enabled: bool = False
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Steps = 0
     target_head: Literal["ctcvr"] = "ctcvr"
     lambda_: float = Field(0.05, ge=0.0, alias="lambda")
     gamma: float = Field(1.0, ge=0.0)
@@ -395,6 +424,12 @@ class AuxFocalConfig(_Model):
     log_components: bool = True
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _steps(cls, v: float) -> float:
+        _check_steps(v, "warmup_steps")
+        return v
 
 
 class LossConfig(_Model):
@@ -425,8 +460,9 @@ class RuntimeConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "cuda"
     epochs: int = Field(1, gt=0)
     log_every: int = Field(100, gt=0)
-    # Validation interval in steps; null uses log_every (the source config's behaviour).
-    valid_every: int | None = Field(None, gt=0)
+    # Validation interval in steps (or a fraction of the run); null uses log_every (the source
+    # config's behaviour).
+    valid_every: Steps | None = None
     amp: bool = True
     amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
     grad_diag_enabled: bool = True
@@ -445,6 +481,15 @@ class RuntimeConfig(_Model):
     save_last: bool = False
     progress_bar: bool = True
     valid_batch_size: int | None = Field(None, gt=0)
+
+    @field_validator("valid_every")
+    @classmethod
+    def _valid_every(cls, v: float | None) -> float | None:
+        if v is not None:
+            _check_steps(v, "valid_every")
+            if v == 0:
+                raise ValueError("valid_every must be > 0")
+        return v
 
 
 class EvaluationConfig(_Model):
@@ -533,6 +578,13 @@ class Config(_Model):
             raise _Inconsistent(
                 "model.backbone.per_head_add",
                 "no additions in legacy mode (use_legacy_pseudo_deepfm folds fm_vec into h)",
+            )
+        rt = self.runtime
+        if rt.auto_eval and rt.auto_eval_ckpt == "last" and not rt.save_last:
+            # Caught here, not after a whole training run: the 'last' weights are only kept
+            # with save_last.
+            raise _Inconsistent(
+                "runtime.auto_eval_ckpt", "'best' (or set runtime.save_last: true)", "last"
             )
         return self
 

@@ -30,7 +30,11 @@ from rec_pipeline.train.diagnostics import (
 from rec_pipeline.train.inference import autocast, fit_calibration, predict, summarise
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
-from rec_pipeline.train.schedules import build_lr_schedulers, resolve_total_steps
+from rec_pipeline.train.schedules import (
+    build_lr_schedulers,
+    resolve_step_fractions,
+    resolve_total_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,20 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _grads_finite(optimizers) -> bool:
+    """Whether every gradient (dense or sparse) of these optimisers is finite."""
+    ok = []
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                values = g.coalesce().values() if g.is_sparse else g
+                ok.append(torch.isfinite(values).all())
+    return bool(torch.stack(ok).all()) if ok else True
+
+
 class Trainer:
     """Trains the model of ``cfg`` on tensor-resident splits; :meth:`fit` returns a TrainResult.
 
@@ -134,6 +152,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"training split has {n} rows: fewer than one batch of {bs}")
         self.total_steps = resolve_total_steps(cfg, self.steps_per_epoch)
+        # Step-valued keys given as fractions of the run become step counts from here on.
+        self.cfg = cfg = resolve_step_fractions(cfg, self.total_steps)
         self.stop_step = cfg.runtime.epochs * self.steps_per_epoch
         if cfg.runtime.max_train_steps:
             self.stop_step = min(self.stop_step, cfg.runtime.max_train_steps)
@@ -297,19 +317,35 @@ class Trainer:
                 )
         self.opt.zero_grad()
         self.scaler.scale(res.total).backward()
+        self._apply_gradients()
+        self.scheds.step()
+        # One stacked vector per step: one add per step, one device read per log line.
+        return res.stacked()
+
+    def _apply_gradients(self) -> None:
+        """Clip and step both optimisers through the GradScaler.
+
+        With fp16 loss scaling (the scaler is enabled) both optimisers' gradients are unscaled,
+        and a step whose gradients hold an inf or NaN anywhere is skipped by both optimisers
+        together (the scaler then lowers its scale): SparseAdam must never step on scaled or
+        overflowed embedding gradients. bf16 and fp32 need no scaling: the scaler is a no-op.
+        """
+        rt = self.cfg.runtime
+        skip = False
+        if self.scaler.is_enabled():
+            for opt in self.opt.all():
+                self.scaler.unscale_(opt)
+            skip = not _grads_finite(self.opt.all())  # one host sync, fp16 only
         if rt.grad_clip_norm:
-            self.scaler.unscale_(self.opt.dense)
+            # (unscale_ is a no-op when the scaler is disabled, and done above when enabled)
             # Dense parameters only: the embedding tables' gradients are sparse rows.
             torch.nn.utils.clip_grad_norm_(
                 self.opt.dense.param_groups[0]["params"], rt.grad_clip_norm
             )
-        self.scaler.step(self.opt.dense)
-        if self.opt.sparse is not None:
-            self.opt.sparse.step()
+        if not skip:
+            for opt in self.opt.all():
+                self.scaler.step(opt)
         self.scaler.update()
-        self.scheds.step()
-        # One stacked vector per step: one add per step, one device read per log line.
-        return res.stacked()
 
     def _ctr_pos_weight(self) -> float:
         if not self.cfg.evaluation.correct_pos_weight:

@@ -22,10 +22,9 @@ class Optimizers:
         if self.sparse is not None:
             self.sparse.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
-        self.dense.step()
-        if self.sparse is not None:
-            self.sparse.step()
+    def all(self) -> list[torch.optim.Optimizer]:
+        """The dense optimiser, then the sparse one when there is one."""
+        return [self.dense] if self.sparse is None else [self.dense, self.sparse]
 
     def state_dict(self) -> dict:
         return {

@@ -125,3 +125,58 @@ def build_lr_schedulers(
     if sparse_opt is not None and sched_cfg.target == "both":
         sparse = LambdaLR(sparse_opt, lr_lambda=factor)
     return LRSchedulers(dense=dense, sparse=sparse)
+
+
+def _steps(value: float, total_steps: int) -> int:
+    """A step count as is; a fraction in (0, 1) of ``total_steps``, rounded (at least 1)."""
+    if isinstance(value, float):
+        return max(1, round(value * total_steps))
+    return int(value)
+
+
+def resolve_step_fractions(cfg: Config, total_steps: int) -> Config:
+    """A copy of ``cfg`` whose step-valued keys given as fractions of the run are step counts.
+
+    Keys: ``optim.lr_scheduler.warmup_steps`` and ``step_milestones``,
+    ``loss.aux_focal.warmup_steps``, ``loss.pos_weight_clip_schedule.milestones`` and
+    ``runtime.valid_every``; a float in (0, 1) is that share of ``total_steps`` (the LR
+    schedule's span), so one configuration keeps the shape of its schedule at any data size.
+    Step counts (ints) are kept as they are.
+    """
+    sched = cfg.optim.lr_scheduler
+    focal = cfg.loss.aux_focal
+    clip = cfg.loss.pos_weight_clip_schedule
+    rt = cfg.runtime
+    return cfg.model_copy(
+        update={
+            "optim": cfg.optim.model_copy(
+                update={
+                    "lr_scheduler": sched.model_copy(
+                        update={
+                            "warmup_steps": _steps(sched.warmup_steps, total_steps),
+                            "step_milestones": [
+                                _steps(m, total_steps) for m in sched.step_milestones
+                            ],
+                        }
+                    )
+                }
+            ),
+            "loss": cfg.loss.model_copy(
+                update={
+                    "aux_focal": focal.model_copy(
+                        update={"warmup_steps": _steps(focal.warmup_steps, total_steps)}
+                    ),
+                    "pos_weight_clip_schedule": clip.model_copy(
+                        update={"milestones": [_steps(m, total_steps) for m in clip.milestones]}
+                    ),
+                }
+            ),
+            "runtime": rt.model_copy(
+                update={
+                    "valid_every": None
+                    if rt.valid_every is None
+                    else _steps(rt.valid_every, total_steps)
+                }
+            ),
+        }
+    )
