@@ -76,7 +76,7 @@ def main() -> None:
         res = timed(
             "losses",
             lambda out=out, b=b, i=i: compute_losses(
-                out, b.click, b.conversion, step=i, cfg=cfg, pos_weight=tr.pos_weights.current(i)
+                out, b.click, b.conversion, step=i, cfg=tr.cfg, pos_weight=tr.pos_weights.current(i)
             ),
         )
         timed("zero_grad", tr.opt.zero_grad)
