@@ -512,3 +512,8 @@ def test_fit_platt_matches_unregularised_logistic_regression():
     assert q.mean() == pytest.approx(y.mean(), rel=1e-6)  # the intercept's score equation
     assert log_loss(y, q) < log_loss(y, p)
     assert fit_platt(p, np.zeros_like(y)) == (1.0, 0.0)  # one class: nothing to fit
+    # A constant score: only the intercept can move, to the observed rate's log-odds.
+    a, b = fit_platt(np.full(1000, 0.3), (np.arange(1000) < 100).astype(float))
+    assert apply_platt(np.array([0.3]), (a, b))[0] == pytest.approx(0.1, rel=1e-4)
+    # A score that ranks backwards is left as it is (a must stay > 0 to keep the ranking).
+    assert fit_platt(1 - p, y) == (1.0, 0.0)

@@ -203,22 +203,36 @@ def fit_platt(p: Any, y: Any, *, max_iter: int = 50, tol: float = 1e-10) -> tupl
         return 1.0, 0.0
     p = np.clip(p, 1e-12, 1.0 - 1e-12)
     z = np.log(p) - np.log1p(-p)
-    a, b = 1.0, 0.0
-    prev = math.inf
-    for _ in range(max_iter):
+
+    def nll(a: float, b: float) -> float:
         t = a * z + b
-        q = 1.0 / (1.0 + np.exp(-t))
-        loss = float(np.sum(np.logaddexp(0.0, t) - y * t))
+        return float(np.sum(np.logaddexp(0.0, t) - y * t))
+
+    a, b = 1.0, 0.0
+    loss = nll(a, b)
+    for _ in range(max_iter):
+        q = 1.0 / (1.0 + np.exp(-(a * z + b)))
         r = q - y  # d loss / d t
         w = np.maximum(q * (1.0 - q), 1e-12)
         g = np.array([np.dot(r, z), r.sum()])
         h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]])
         h[0, 0] += 1e-9  # a constant score column makes the Hessian singular
         step = np.linalg.solve(h, g)
-        a, b = a - float(step[0]), b - float(step[1])
-        if abs(prev - loss) <= tol * max(1.0, abs(loss)):
+        # Backtracking: a Newton step that does not lower the loss is halved.
+        t = 1.0
+        while t > 1e-6 and not nll(a - t * step[0], b - t * step[1]) < loss:
+            t *= 0.5
+        if t <= 1e-6:
             break
-        prev = loss
+        a, b = a - t * float(step[0]), b - t * float(step[1])
+        new_loss = nll(a, b)
+        done = loss - new_loss <= tol * max(1.0, abs(loss))
+        loss = new_loss
+        if done:
+            break
+    if not (math.isfinite(a) and math.isfinite(b)) or a <= 0.0:
+        # A score that does not rank positives higher (or no usable fit): keep the outputs.
+        return 1.0, 0.0
     return a, b
 
 
