@@ -441,6 +441,37 @@ def test_per_head_add_wide_reaches_ctr_only():
     assert after.fm_logit is not None and after.fm_logit.shape == (6,)
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_wide_per_task_gives_each_task_its_own_first_order_weights(per_task):
+    params = tiny_params(
+        backbone={
+            "per_head_add": {
+                "ctr": {"use_wide": True, "use_fm": False},
+                "cvr": {"use_wide": True, "use_fm": False},
+            },
+            "wide_per_task": per_task,
+        }
+    )
+    cfg, meta, model = tiny_model(params)
+    model.eval()
+    emb = model.embedding
+    assert emb.linear_terms == (2 if per_task else 1)
+    assert parameter_counts(model) == expected_parameter_counts(cfg, meta)
+    batch = random_batch(meta, empty_prob=0.0)
+    before = model(batch)
+    with torch.no_grad():  # shift the last first-order column of every row
+        for t in emb.tables():
+            t[:, -1] += 0.5
+    after = model(batch)
+    shift = {k: after.logits[k] - before.logits[k] for k in ("ctr", "cvr")}
+    n_fields = emb.num_fields  # every field's bag is non-empty: each adds 0.5 (mean pooling)
+    torch.testing.assert_close(shift["cvr"], torch.full((6,), 0.5 * n_fields))
+    if per_task:  # the last column is CVR's own: CTR's logits do not move
+        torch.testing.assert_close(shift["ctr"], torch.zeros(6))
+    else:  # one shared column moves both
+        torch.testing.assert_close(shift["ctr"], shift["cvr"])
+
+
 def test_per_head_add_fm_logit_added_to_ctr():
     cfg, meta, model = tiny_model()
     model.eval()

@@ -158,6 +158,9 @@ class BackboneConfig(_Model):
     use_legacy_pseudo_deepfm: bool = False
     return_logit_parts: bool = True
     per_head_add: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    # Each task that adds the wide term (per_head_add.<task>.use_wide) gets first-order weights
+    # of its own instead of sharing one set (the source's behaviour).
+    wide_per_task: bool = False
     deep_hidden_dims: list[int] = Field(default_factory=lambda: [256, 128])
     deep_dropout: float = Field(0.2, ge=0.0, lt=1.0)
     deep_activation: Activation = "relu"

@@ -106,6 +106,8 @@ class _Plan:
     priors: dict[str, float]
     head_inputs: dict[str, list[str]]  # per task: extra backbone parts fed to its head
     head_in_dims: dict[str, int]
+    wide_column: dict[str, int]  # per task adding a wide term: its first-order column
+    linear_terms: int
 
 
 def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
@@ -186,6 +188,12 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         head_inputs[task] = extra
         head_in_dims[task] = mm.expert_mlp_dims[-1] + sum(part_width[k] for k in extra)
     fm_needed = fm_needed or any("fm_vec" in v for v in head_inputs.values())
+    wide_tasks = [t for t in tasks if per_head_add[t][0]]
+    if bb.wide_per_task:
+        wide_column = {t: i for i, t in enumerate(wide_tasks)}
+    else:
+        wide_column = {t: 0 for t in wide_tasks}
+    linear_terms = max(1, len(wide_tasks)) if bb.wide_per_task else 1
 
     return _Plan(
         dims=dims,
@@ -209,6 +217,8 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         priors=priors,
         head_inputs=head_inputs,
         head_in_dims=head_in_dims,
+        wide_column=wide_column,
+        linear_terms=linear_terms,
     )
 
 
@@ -243,6 +253,7 @@ class DeepFmMmoe(nn.Module):
             weight_channel=cfg.embedding.weight_channel,
             sparse=cfg.embedding.sparse_grad,
             init_std=cfg.embedding.init_std,
+            linear_terms=plan.linear_terms,
         )
         self.deep = MLP(
             plan.dense_dim,
@@ -328,7 +339,7 @@ class DeepFmMmoe(nn.Module):
             logit = self.heads[task](head_in).float()
             use_wide, use_fm = plan.per_head_add[task]
             if use_wide:
-                logit = logit + emb.logit_linear.float()
+                logit = logit + emb.linear_terms[:, plan.wide_column[task]].float()
             if use_fm:
                 logit = logit + fm_logit.float()
             logits[task] = logit
@@ -413,9 +424,9 @@ def expected_parameter_counts(cfg: Config, meta: ModelMeta) -> dict[str, int]:
     plan = _plan(cfg, meta)
     mm = cfg.model.mmoe
     rows = sum(int(meta.vocab_sizes[f]) for f in meta.fields)
-    counts = {"embedding": rows * (plan.emb_dim + 1)}
+    counts = {"embedding": rows * (plan.emb_dim + plan.linear_terms)}
     if cfg.embedding.weight_channel == "dense":
-        counts["embedding"] += len(meta.fields)  # value_coef
+        counts["embedding"] += len(meta.fields) * plan.linear_terms  # value_coef
     counts["deep"] = mlp_parameter_count(
         plan.dense_dim, plan.deep_dims, activation=plan.deep_activation, use_bn=plan.deep_use_bn
     )

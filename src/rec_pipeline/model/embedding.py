@@ -5,8 +5,9 @@ common fields, F = Fs + Fc, d_f the embedding dim of field f, D = max_f d_f.
 
 Layout. One table per side (skeleton, common). Its rows are the concatenation of that side's
 per-field vocabularies (field f's local index i lives in row ``row_offset[f] + i``); its width is
-``D + 1``: columns ``0..D-1`` hold the embedding vector, column ``D`` the field's first-order
-("wide", dim-1) weight, so the linear term is pooled by the same lookup. A field with ``d_f < D``
+``D + L``: columns ``0..D-1`` hold the embedding vector, columns ``D..D+L-1`` the field's
+first-order ("wide", dim-1) weights, one per first-order term (``linear_terms`` L, 1 unless the
+tasks keep their own), so the linear terms are pooled by the same lookup. A field with ``d_f < D``
 uses only its first ``d_f`` columns: the pooled output is multiplied by a constant ``[F, D]``
 0/1 mask, so the unused columns contribute nothing downstream and receive zero gradient; sums
 over fields (FM, ``sum_emb``) are therefore exact.
@@ -82,7 +83,8 @@ class EmbeddingOutput:
     emb_concat [B, sum_f d_f]: the valid columns of emb_stack, field by field.
     sum_emb [B, D]: sum over fields. mean_emb [B, D]: sum_emb / F.
     logit_linear [B]: sum over fields of the pooled first-order weight (and, with
-        ``weight_channel="dense"``, of each field's coefficient times its value).
+        ``weight_channel="dense"``, of each field's coefficient times its value); the first term.
+    linear_terms [B, L]: every first-order term (column 0 is ``logit_linear``).
     values [B, F] | None: each bag's mean weight (``weight_channel="dense"`` only).
     """
 
@@ -91,6 +93,7 @@ class EmbeddingOutput:
     sum_emb: Tensor
     mean_emb: Tensor
     logit_linear: Tensor
+    linear_terms: Tensor
     values: Tensor | None = None
 
     @property
@@ -110,6 +113,8 @@ class FusedFieldEmbedding(nn.Module):
         dims: embedding dim per field name.
         mode: ``"mean"`` (weighted mean, sum(w e) / sum(w)) or ``"sum"`` (sum(w e)).
         weight_channel: ``"none"``, ``"scale"`` or ``"dense"`` (see the module docstring).
+        linear_terms: number of first-order terms L (each its own table column and value
+            coefficients), e.g. one per task that adds a wide term of its own.
         sparse: produce sparse gradients for the tables (for a sparse optimiser).
         init_std: std of the normal init of the vector columns.
     """
@@ -125,6 +130,7 @@ class FusedFieldEmbedding(nn.Module):
         weight_channel: str = "none",
         sparse: bool = True,
         init_std: float = 0.01,
+        linear_terms: int = 1,
     ) -> None:
         super().__init__()
         if mode not in ("mean", "sum"):
@@ -150,8 +156,11 @@ class FusedFieldEmbedding(nn.Module):
                 raise ValueError(f"vocabulary size of {name!r} must be >= 1 (index 0 = padding)")
             if name not in dims or int(dims[name]) < 1:
                 raise ValueError(f"no positive embedding dim for field {name!r}")
+        if linear_terms < 1:
+            raise ValueError(f"linear_terms must be >= 1 (got {linear_terms})")
         self.mode = mode
         self.weight_channel = weight_channel
+        self.linear_terms = int(linear_terms)
         self.sparse = bool(sparse)
         self.init_std = float(init_std)
         self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.fields}
@@ -180,8 +189,10 @@ class FusedFieldEmbedding(nn.Module):
         # First-order coefficient of each field's value (weight_channel "dense"); a dense
         # parameter, so the dense optimiser trains it.
         self.value_coef = (
-            nn.Parameter(torch.zeros(self.num_fields)) if weight_channel == "dense" else None
-        )
+            nn.Parameter(torch.zeros(self.num_fields, self.linear_terms))
+            if weight_channel == "dense"
+            else None
+        )  # [F, L]
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------ construction
@@ -190,7 +201,7 @@ class FusedFieldEmbedding(nn.Module):
         if not fields:
             return None
         rows = sum(self.vocab_sizes[f] for f in fields)
-        return nn.Parameter(torch.empty(rows, self.dim + 1))
+        return nn.Parameter(torch.empty(rows, self.dim + self.linear_terms))
 
     def _row_offsets(self, fields: list[str]) -> Tensor:
         sizes = [self.vocab_sizes[f] for f in fields]
@@ -209,7 +220,7 @@ class FusedFieldEmbedding(nn.Module):
             if table is None:
                 continue
             table.normal_(0.0, self.init_std)
-            table[:, self.dim] = 0.0
+            table[:, self.dim :] = 0.0
             start = 0
             for name in fields:
                 rows = self.vocab_sizes[name]
@@ -240,9 +251,9 @@ class FusedFieldEmbedding(nn.Module):
         rows: Tensor,
         n_rows: int,
     ) -> Tensor:
-        """Pool one side: values -> ``[n_rows, F_side, D + 1 (+ 1)]``.
+        """Pool one side: values -> ``[n_rows, F_side, D + L (+ 1)]``.
 
-        Columns: ``0..D-1`` the vector, ``D`` the first-order weight, and with
+        Columns: ``0..D-1`` the vector, ``D..D+L-1`` the first-order weights, and with
         ``weight_channel="dense"`` a last column holding the bag's mean weight.
         """
         n_fields = row_offset.shape[0]
@@ -261,7 +272,7 @@ class FusedFieldEmbedding(nn.Module):
             per_sample_weights=w,
             include_last_offset=True,
             sparse=self.sparse,
-        )  # [n_bags, D + 1]
+        )  # [n_bags, D + L]
         wsum = None
         if self.mode == "mean" or self.weight_channel == "dense":
             wsum = torch.zeros(n_bags, dtype=table.dtype, device=ids.device).index_add_(0, bag, w)
@@ -302,15 +313,16 @@ class FusedFieldEmbedding(nn.Module):
                 n_rows,  # U <= B bag-rows; see the module docstring
             )
             parts.append(common.index_select(0, batch.cm_inverse))  # [B, Fc, D + 1]
-        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, F, D + 1]
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, F, D + L (+1)]
         emb_stack = stacked[..., : self.dim]
         if not self.uniform_dims:
             emb_stack = emb_stack * self.dim_mask
-        logit_linear = stacked[..., self.dim].sum(dim=1)  # [B]
+        end = self.dim + self.linear_terms
+        linear = stacked[..., self.dim : end].sum(dim=1)  # [B, L]
         values = None
         if self.value_coef is not None:
-            values = stacked[..., self.dim + 1]  # [B, F]
-            logit_linear = logit_linear + values @ self.value_coef.to(values.dtype)
+            values = stacked[..., end]  # [B, F]
+            linear = linear + values @ self.value_coef.to(values.dtype)  # [B, L]
         flat = emb_stack.reshape(n_rows, self.num_fields * self.dim)
         emb_concat = flat if self.uniform_dims else flat.index_select(1, self.concat_index)
         sum_emb = emb_stack.sum(dim=1)
@@ -319,7 +331,8 @@ class FusedFieldEmbedding(nn.Module):
             emb_concat=emb_concat,
             sum_emb=sum_emb,
             mean_emb=sum_emb / self.num_fields,
-            logit_linear=logit_linear,
+            logit_linear=linear[:, 0],
+            linear_terms=linear,
             values=values,
         )
 
