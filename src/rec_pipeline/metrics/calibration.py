@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_EPS",
     "apply_platt",
     "bin_index",
+    "calibrated",
     "calibration_bins",
     "correct_negative_sampling",
     "fit_platt",
@@ -242,3 +243,22 @@ def apply_platt(p: Any, params: tuple[float, float]) -> np.ndarray:
     p = np.clip(to_numpy(p).astype(np.float64), 1e-12, 1.0 - 1e-12)
     t = a * (np.log(p) - np.log1p(-p)) + b
     return 1.0 / (1.0 + np.exp(-t))
+
+
+def calibrated(
+    p_ctr: Any,
+    p_cvr: Any,
+    *,
+    keep_prob: float,
+    ctr_pos_weight: float = 1.0,
+    calibration: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """The heads' outputs as probabilities on the unsampled population: ``(p_ctr, p_cvr)``.
+
+    With ``calibration`` (``{"ctr": (a, b), "cvr": (a, b)}``, see :func:`fit_platt`) both go
+    through their Platt scaling; without it CTR's odds are multiplied by
+    ``keep_prob / ctr_pos_weight`` (:func:`rescale_odds`) and CVR is returned as it is.
+    """
+    if calibration is not None:
+        return apply_platt(p_ctr, calibration["ctr"]), apply_platt(p_cvr, calibration["cvr"])
+    return rescale_odds(p_ctr, float(keep_prob) / float(ctr_pos_weight)), p_cvr

@@ -40,11 +40,10 @@ import numpy as np
 
 from .auc import AucResult, roc_auc
 from .calibration import (
-    apply_platt,
+    calibrated,
     calibration_bins,
     correct_negative_sampling,
     logloss,
-    rescale_odds,
     to_numpy,
 )
 
@@ -223,16 +222,15 @@ def compute_metrics(
     correct_negative_sampling(0.5, keep_prob)  # validates keep_prob
     odds_factor = float(keep_prob) / float(ctr_pos_weight)
     p_ctcvr_raw = p_ctr_raw * p_cvr
-    p_cvr_corr = None
-    if calibration is not None:
-        p_ctr_corr = apply_platt(p_ctr_raw, calibration["ctr"])
-        p_cvr_corr = apply_platt(p_cvr, calibration["cvr"])
-        p_ctcvr_corr = p_ctr_corr * p_cvr_corr
-        corrected = True
-    else:
-        p_ctr_corr = rescale_odds(p_ctr_raw, odds_factor)
-        p_ctcvr_corr = p_ctr_corr * p_cvr
-        corrected = odds_factor != 1.0
+    p_ctr_corr, p_cvr_corr = calibrated(
+        p_ctr_raw,
+        p_cvr,
+        keep_prob=keep_prob,
+        ctr_pos_weight=ctr_pos_weight,
+        calibration=calibration,
+    )
+    p_ctcvr_corr = p_ctr_corr * p_cvr_corr
+    corrected = calibration is not None or odds_factor != 1.0
 
     true_ctr = true_cvr = None
     if truth is not None:
@@ -255,9 +253,9 @@ def compute_metrics(
             **opts,
         ),
         "cvr": _task_block(
-            _mask(p_cvr, clicked) if p_cvr_corr is None else p_cvr_corr[to_numpy(clicked)],
+            _mask(p_cvr, clicked) if calibration is None else p_cvr_corr[to_numpy(clicked)],
             _mask(conversion, clicked),
-            None if p_cvr_corr is None else _mask(p_cvr, clicked),
+            None if calibration is None else _mask(p_cvr, clicked),
             None if true_cvr is None else _mask(true_cvr, clicked),
             **opts,
         ),

@@ -107,7 +107,11 @@ class _Plan:
     head_inputs: dict[str, list[str]]  # per task: extra backbone parts fed to its head
     head_in_dims: dict[str, int]
     wide_column: dict[str, int]  # per task adding a wide term: its first-order column
-    linear_terms: int
+
+    @property
+    def linear_terms(self) -> int:
+        """First-order columns of the embedding tables (at least one)."""
+        return 1 + max(self.wide_column.values(), default=0)
 
 
 def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
@@ -193,7 +197,6 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         wide_column = {t: i for i, t in enumerate(wide_tasks)}
     else:
         wide_column = {t: 0 for t in wide_tasks}
-    linear_terms = max(1, len(wide_tasks)) if bb.wide_per_task else 1
 
     return _Plan(
         dims=dims,
@@ -218,7 +221,6 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         head_inputs=head_inputs,
         head_in_dims=head_in_dims,
         wide_column=wide_column,
-        linear_terms=linear_terms,
     )
 
 

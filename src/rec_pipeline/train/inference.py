@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from rec_pipeline.data.batches import SplitData
-from rec_pipeline.metrics.calibration import apply_platt, fit_platt, rescale_odds
+from rec_pipeline.metrics.calibration import calibrated, fit_platt
 from rec_pipeline.metrics.evaluate import compute_metrics
 
 
@@ -112,11 +112,13 @@ def evaluate_split(
         # Probabilities on the unsampled population (the corrections of the metrics above).
         raw = p_ctr.double().cpu().numpy()
         cvr_raw = p_cvr.double().cpu().numpy()
-        if calibration is not None:
-            ctr = apply_platt(raw, calibration["ctr"])
-            cvr = apply_platt(cvr_raw, calibration["cvr"])
-        else:
-            ctr, cvr = rescale_odds(raw, keep_prob / ctr_pos_weight), cvr_raw
+        ctr, cvr = calibrated(
+            raw,
+            cvr_raw,
+            keep_prob=keep_prob,
+            ctr_pos_weight=ctr_pos_weight,
+            calibration=calibration,
+        )
         preds = pd.DataFrame(
             {
                 "sample_id": data.sample_id[:n],
