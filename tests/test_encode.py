@@ -11,14 +11,14 @@ from rec_pipeline.data.batches import Jagged, SplitData
 from rec_pipeline.data.encode import (
     CommonIndex,
     SampleEncoding,
-    SplitStats,
     count_training_ids,
     encode_commons,
     encode_samples,
     split_train_rows,
 )
-from rec_pipeline.data.sampling import negative_keep_mask, valid_group_mask
+from rec_pipeline.data.sampling import negative_draws, sample_negatives, valid_group_mask
 from rec_pipeline.data.shards import ShardSet, ShardWriter
+from rec_pipeline.data.stats import SplitStats
 from rec_pipeline.data.vocab import IdCounter, Vocabulary, vocabulary_frame
 
 SK = ["205", "210"]
@@ -123,26 +123,27 @@ def test_group_split_is_deterministic_and_leaks_no_group():
 def test_negative_sampling_keeps_fraction_and_only_training_negatives():
     rng = np.random.default_rng(1)
     t = parsed_samples(rng, 60_000, 3_000)
-    enc = SampleEncoding()
-    keep_train, valid = split_train_rows(
-        t, valid_fraction=0.25, seed=3, keep_prob=0.4, chunk=0, enc=enc
-    )
+    train, valid, draws = split_train_rows(t, valid_fraction=0.25, seed=3, chunk=0)
     click = t.column("click").to_numpy()
-    assert not (keep_train & valid).any()
-    train = ~valid
-    assert keep_train[train & (click == 1)].all()  # positives never dropped
-    neg = train & (click == 0)
-    frac = keep_train[neg].mean()
-    sd = np.sqrt(0.4 * 0.6 / neg.sum())
-    assert abs(frac - 0.4) < 5 * sd
-    assert enc.negatives_seen == neg.sum() and enc.negatives_kept == keep_train[neg].sum()
-    # Same seed and chunk: same rows; another chunk index: different rows.
-    assert np.array_equal(
-        negative_keep_mask(click, 0.4, 3, 0), negative_keep_mask(click, 0.4, 3, 0)
-    )
-    assert not np.array_equal(
-        negative_keep_mask(click, 0.4, 3, 0), negative_keep_mask(click, 0.4, 3, 1)
-    )
+    assert not (train & valid).any() and (train | valid).all()
+    # The draws are the generator's stream over the chunk's negatives, in row order.
+    neg = click == 0
+    expected = np.random.default_rng([3, 0]).random(int(neg.sum()))
+    assert np.array_equal(draws[neg], expected) and (draws[~neg] == 0).all()
+    table = t.filter(pa.array(train)).append_column("keep_draw", pa.array(draws[train]))
+    (kept, report), *_ = list(sample_negatives([table], 0.4))
+    tr_click = table.column("click").to_numpy()
+    assert (kept.column("click").to_numpy() == 1).sum() == (tr_click == 1).sum()  # all positives
+    n_neg = int((tr_click == 0).sum())
+    frac = report["negatives_kept"] / n_neg
+    assert report["negatives_seen"] == n_neg and abs(frac - 0.4) < 5 * np.sqrt(0.24 / n_neg)
+    assert report["kept"]["rows"] == kept.num_rows and "keep_draw" not in kept.column_names
+    # A smaller keep probability keeps a subset of a larger one's rows.
+    (small, _), *_ = list(sample_negatives([table], 0.2))
+    assert set(small.column("sample_id").to_pylist()) < set(kept.column("sample_id").to_pylist())
+    # Same seed and chunk: same draws; another chunk index: different draws.
+    assert np.array_equal(negative_draws(click, 3, 0), draws)
+    assert not np.array_equal(negative_draws(click, 3, 1), draws)
 
 
 def test_vocabulary_counts_training_split_only():
@@ -259,6 +260,7 @@ def test_batch_gather_matches_brute_force(tmp_path):
         m = b.sk_rows == i
         ids, fl, w = _row_values(table, SK, int(r))
         assert b.sk_ids[m].tolist() == ids and b.sk_fields[m].tolist() == fl
+        assert np.allclose(b.sk_weights[m].numpy(), w)
         crow = table.column("common_row")[int(r)].as_py()
         u = b.cm_inverse[i].item()
         cm = b.cm_rows == u
@@ -266,7 +268,7 @@ def test_batch_gather_matches_brute_force(tmp_path):
         assert b.cm_ids[cm].tolist() == cids and b.cm_fields[cm].tolist() == cfl
         assert np.allclose(b.cm_weights[cm].numpy(), cw)
     # distinct common records are pooled once
-    assert len(torch.unique(b.cm_rows)) <= len(set(table.column("common_row").to_numpy()[rows]))
+    assert len(torch.unique(b.cm_rows)) == len(set(table.column("common_row").to_numpy()[rows]))
 
 
 def test_iter_batches_covers_every_row_once(tmp_path):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kedro_project import TINY, catalog, latest, run  # noqa: E402
+from sklearn.metrics import roc_auc_score
 
 from rec_pipeline.config import ConfigError
+from rec_pipeline.data.shards import ShardSet
 
 
 @pytest.mark.slow
@@ -18,11 +20,19 @@ def test_whole_chain_then_rerun_evaluation(project):
     cat = catalog(project)
     metrics = cat.load("evaluation_metrics")
     assert metrics["split"] == "test" and metrics["n_rows"] == 2000
+    preds = cat.load("predictions")
     for task in ("ctr", "cvr", "ctcvr"):
         block = metrics["tasks"][task]
         assert block["oracle_auc"] is not None  # the synthetic truth is joined
-        assert block["auc"] is None or 0.0 <= block["auc"] <= 1.0
-    preds = cat.load("predictions")
+        assert 0.0 < block["auc"] < 1.0
+    # The saved probabilities rank as the reported AUCs say (calibration is monotone per task).
+    clicked = preds[preds["click"] == 1]
+    assert metrics["tasks"]["ctr"]["auc"] == pytest.approx(
+        roc_auc_score(preds["click"], preds["p_ctr"]), abs=1e-9
+    )
+    assert metrics["tasks"]["cvr"]["auc"] == pytest.approx(
+        roc_auc_score(clicked["conversion"], clicked["p_cvr"]), abs=1e-9
+    )
     assert list(preds.columns)[:6] == [
         "sample_id",
         "click",
@@ -39,7 +49,7 @@ def test_whole_chain_then_rerun_evaluation(project):
     # One checkpoint, one split, one set of numbers: the validation that kept the best weights
     # and auto-eval of those weights on the validation split agree exactly (both in fp32).
     summary = cat.load("training_summary")
-    auto = summary["auto_eval"]
+    auto = cat.load("auto_eval_metrics")
     assert auto["split"] == "valid" and auto["checkpoint"] == "best"
     for task in ("ctr", "cvr", "ctcvr"):
         assert summary["best_metrics"].get(f"auc_{task}") == auto["tasks"][task]["auc"], task
@@ -130,13 +140,16 @@ def test_real_files_with_bad_lines_are_counted_and_quarantined(project):
     assert sorted(q["line_number"]) == [201, 202, 203, 204, 205, 208]
     assert set(q["reason"]) == set(dq["rejected_lines_by_reason"])
     # Every line is accounted for: 208 lines = 202 valid + 6 rejected; of the 202 rows one has
-    # no common record; the other 201 are split (and training negatives sampled).
+    # no common record (counted before any sampling); the other 201 are split, and then
+    # training negatives sampled.
     parsed = dq["parse"]["train_samples"]
     assert (parsed["lines"], parsed["valid_rows"], parsed["rejected"]) == (208, 202, 6)
-    enc = dq["encode"]["train_file"]
-    assert enc["sample_rows"] == 202
-    dropped_negatives = enc["negatives_seen"] - enc["negatives_kept"]
-    assert dq["rows"]["train"] + dq["rows"]["valid"] + dropped_negatives == 201
+    assert dq["encode"]["train_file"]["sample_rows"] == 202
+    assert dq["rows"]["train_all"] + dq["rows"]["valid"] == 201
+    ns = dq["negative_sampling"]
+    assert ns["rows_in"] == dq["rows"]["train_all"]
+    dropped_negatives = ns["negatives_seen"] - ns["negatives_kept"]
+    assert dq["rows"]["train"] + dropped_negatives == dq["rows"]["train_all"]
 
 
 @pytest.mark.slow
@@ -176,23 +189,58 @@ def test_bad_parameter_fails_before_any_work(project):
 def test_registry_lists_every_pipeline(project):
     from kedro.framework.project import pipelines
 
-    assert {
-        "data_generation",
-        "data_processing",
-        "data",
-        "training",
-        "evaluation",
-        "reporting",
-    } <= set(pipelines)
-    default = pipelines["__default__"]
-    names = {n.name for n in default.nodes}
-    assert {
+    named = ("data_generation", "data_processing", "sampling", "training", "evaluation")
+    assert {*named, "data", "reporting", "__default__"} == set(pipelines)
+    assert {n.name for n in pipelines["__default__"].nodes} == {
         "prepare_raw_data",
-        "parse_raw_files",
+        "parse_raw",
+        "extract_planted_truth",
+        "build_vocabularies",
+        "encode_features",
+        "sample_training_negatives",
+        "describe_dataset",
+        "build_data_quality_report",
         "train_model",
+        "auto_evaluate",
         "evaluate_model",
         "build_report",
-    } <= names
+    }
+    # Lineage tells the truth: training reads only what data processing wrote for it.
+    assert pipelines["training"].only_nodes("train_model").inputs() == {
+        "encoded_train",
+        "encoded_valid",
+        "encoded_train_commons",
+        "metadata",
+        "parameters",
+    }
+    # Sampling reads encoded rows, not the raw or parsed data.
+    assert not {i for i in pipelines["sampling"].inputs() if i.startswith(("raw", "parsed"))}
+    assert "raw_aliccp" not in pipelines["evaluation"].inputs()
+
+
+@pytest.mark.slow
+def test_each_pipeline_runs_alone_on_data_outside_the_default_folder(project):
+    """`kedro run --pipeline=data --params raw_dir=...`, then every later pipeline on its own,
+    without naming the raw folder again."""
+    raw = project / "elsewhere" / "aliccp"
+    run(project, "data_generation", {**TINY, "raw_dir": str(raw)})
+    assert (raw / SKELETON.format("train")).exists()
+    assert not (project / "data/01_raw").exists()
+    run(project, "data_processing", {**TINY, "raw_dir": str(raw)})
+    for name in ("training", "evaluation", "reporting"):
+        run(project, name)
+    cat = catalog(project)
+    assert cat.load("evaluation_metrics")["tasks"]["ctr"]["oracle_auc"] is not None
+    # A new keep probability: sampling and its dependants rerun, nothing is parsed again.
+    parsed = project / "data/02_intermediate/parsed/train_samples"
+    stamp = {p.name: p.stat().st_mtime_ns for p in parsed.iterdir()}
+    run(project, "sampling", {**TINY, "data": {"neg_keep_prob_train": 0.2}})
+    assert {p.name: p.stat().st_mtime_ns for p in parsed.iterdir()} == stamp
+    meta = catalog(project).load("metadata")
+    assert meta["neg_keep_prob_train"] == 0.2
+    report = catalog(project).load("sampling_report")
+    assert report["keep_prob"] == 0.2 and report["negatives_kept"] < report["negatives_seen"]
+    assert len(ShardSet(project / "data/05_model_input/encoded/train")) == report["kept"]["rows"]
 
 
 def test_metrics_history_reads_versions(tmp_path):

@@ -646,3 +646,17 @@ def load_config(parameters: dict[str, Any]) -> Config:
     for task in cfg.model.tasks:
         cfg.model.heads.for_task(task)  # validates per-task overrides
     return cfg
+
+
+def load_section(key: str, values: Any) -> Any:
+    """One top-level section of the parameters (``data``, ``vocab``, ``evaluation``, ...) as its
+    typed model, for nodes that take ``params:<key>``. Cross-section checks are made once per
+    run, on the whole parameters, by :func:`load_config`."""
+    field = Config.model_fields.get(key)
+    if field is None:
+        raise ConfigError(f"invalid parameters:\n  parameter '{key}': unknown section")
+    model = field.annotation
+    try:
+        return model.model_validate(values if values is not None else {})
+    except ValidationError as exc:
+        raise _from_validation(exc, prefix=key) from None

@@ -17,6 +17,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipes = {
         "data_generation": data_generation.create_pipeline(),
         "data_processing": data_processing.create_pipeline(),
+        "sampling": data_processing.create_sampling_pipeline(),
         "training": training.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
         "reporting": reporting.create_pipeline(),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rec_pipeline.data.encode import list_parts
+from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.data.shards import ShardSet
 
 
@@ -295,22 +296,14 @@ def load_commons(shards: ShardSet, common_fields: Sequence[str], device="cpu") -
     return jagged.to(device)
 
 
-def side_fields(metadata: dict) -> tuple[list[str], list[str]]:
-    """Raw field ids of the skeleton and the common side, in the model's field order."""
-    fields = metadata["fields"]
-    return (
-        [f["raw"] for f in fields if f["side"] == "skeleton"],
-        [f["raw"] for f in fields if f["side"] == "common"],
-    )
-
-
 def load_splits(
-    metadata: dict,
+    metadata: DatasetMetadata | dict,
     samples: dict[str, ShardSet],
     commons: ShardSet,
     device: torch.device | str = "cpu",
 ) -> dict[str, SplitData]:
     """Several splits of one raw file (e.g. train and valid), sharing one commons table."""
-    skeleton, common = side_fields(metadata)
+    metadata = DatasetMetadata.coerce(metadata)
+    skeleton, common = metadata.raw_ids("skeleton"), metadata.raw_ids("common")
     table = load_commons(commons, common, device)
     return {name: SplitData(s, table, skeleton, device) for name, s in samples.items()}

@@ -14,7 +14,7 @@ Python loops run over fields and shards, never rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rec_pipeline.data.sampling import negative_keep_mask, valid_group_mask
+from rec_pipeline.data.sampling import KEEP_DRAW, negative_draws, valid_group_mask
+from rec_pipeline.data.stats import FieldStats, SplitStats
 from rec_pipeline.data.vocab import IdCounter, Vocabulary
 
 SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
@@ -44,7 +45,8 @@ def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType
     )
 
 
-def encoded_schema(fields: Sequence[str], kind: str) -> pa.Schema:
+def encoded_schema(fields: Sequence[str], kind: str, *, with_draw: bool = False) -> pa.Schema:
+    """Layout of encoded samples or commons; ``with_draw`` adds the sampling draw column."""
     cols: list[pa.Field] = (
         [
             pa.field("sample_id", pa.int64()),
@@ -60,50 +62,9 @@ def encoded_schema(fields: Sequence[str], kind: str) -> pa.Schema:
             pa.field(f"id_{f}", pa.list_(pa.int32())),
             pa.field(f"w_{f}", pa.list_(pa.float32())),
         ]
+    if with_draw:
+        cols.append(pa.field(KEEP_DRAW, pa.float64()))
     return pa.schema(cols)
-
-
-@dataclass
-class FieldStats:
-    values: int = 0
-    oov: int = 0
-    rows_present: int = 0
-    max_len: int = 0
-
-    def as_dict(self, rows: int) -> dict:
-        return {
-            "values": self.values,
-            "oov_values": self.oov,
-            "oov_rate": self.oov / self.values if self.values else 0.0,
-            "max_len": self.max_len,
-            "mean_len": self.values / rows if rows else 0.0,
-            "present_rate": self.rows_present / rows if rows else 0.0,
-        }
-
-
-@dataclass
-class SplitStats:
-    rows: int = 0
-    clicks: int = 0
-    conversions: int = 0
-    fields: dict[str, FieldStats] = field(default_factory=dict)
-
-    def add_labels(self, click: np.ndarray, conversion: np.ndarray) -> None:
-        self.rows += len(click)
-        self.clicks += int(click.sum())
-        self.conversions += int(conversion.sum())
-
-    def as_dict(self) -> dict:
-        out = {
-            "rows": self.rows,
-            "clicks": self.clicks,
-            "conversions": self.conversions,
-            "ctr": self.clicks / self.rows if self.rows else None,
-            "cvr": self.conversions / self.clicks if self.clicks else None,
-            "ctcvr": self.conversions / self.rows if self.rows else None,
-        }
-        out["fields"] = {k: v.as_dict(self.rows) for k, v in self.fields.items()}
-        return out
 
 
 def _encode_fields(
@@ -209,13 +170,11 @@ def encode_commons(
 
 @dataclass
 class SampleEncoding:
-    """Counts of what happened to the sample rows of one raw file."""
+    """Counts of what happened to the sample rows of one raw file (before any sampling)."""
 
     rows_in: int = 0
     missing_common: int = 0
     missing_examples: list[int] = field(default_factory=list)
-    negatives_seen: int = 0
-    negatives_kept: int = 0
 
 
 def encode_samples(
@@ -227,10 +186,13 @@ def encode_samples(
     enc: SampleEncoding,
     *,
     keep: np.ndarray | None = None,
+    draws: np.ndarray | None = None,
 ) -> pa.Table:
-    """Encode one parsed shard. ``keep`` (bool [N]) selects rows first (split, sampling)."""
+    """Encode one parsed shard. ``keep`` (bool [N]) selects rows first (the split); ``draws``
+    (float64 [N]), when given, is kept as the ``keep_draw`` column for negative sampling."""
     if keep is not None:
         table = table.filter(pa.array(keep))
+        draws = None if draws is None else draws[keep]
     rows = commons.rows(table.column(CFI))
     missing = rows < 0
     if missing.any():
@@ -239,6 +201,7 @@ def encode_samples(
         enc.missing_examples.extend(ids[: max(0, 20 - len(enc.missing_examples))].tolist())
         table = table.filter(pa.array(~missing))
         rows = rows[~missing]
+        draws = None if draws is None else draws[~missing]
     click = table.column("click").to_numpy().astype(np.int8)
     conversion = table.column("conversion").to_numpy().astype(np.int8)
     stats.add_labels(click, conversion)
@@ -249,28 +212,94 @@ def encode_samples(
         "common_row": pa.array(rows.astype(np.int32)),
     }
     cols.update(_encode_fields(table, skeleton, SKELETON_PREFIX, vocab, stats.fields))
-    return pa.table(cols, schema=encoded_schema(skeleton, "samples"))
+    if draws is not None:
+        cols[KEEP_DRAW] = pa.array(draws, pa.float64())
+    schema = encoded_schema(skeleton, "samples", with_draw=draws is not None)
+    return pa.table(cols, schema=schema)
 
 
 def split_train_rows(
-    table: pa.Table,
+    table: pa.Table, *, valid_fraction: float, seed: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, valid) bool masks [N] and the negative-sampling draws float64 [N] of a parsed
+    training shard. Validation takes whole common-record groups and is never sampled."""
+    valid = valid_group_mask(table.column(CFI), valid_fraction, seed)
+    draws = negative_draws(table.column("click").to_numpy(), seed, chunk)
+    return ~valid, valid, draws
+
+
+# Outputs of one encoding pass, in the order :func:`encode_splits` yields them. ``train_all`` is
+# every training row (with its sampling draw); negative sampling makes ``train`` from it.
+ENCODE_OUTPUTS = ("train_all", "valid", "test", "train_commons", "test_commons")
+
+
+class _EncodePass:
+    """State of one pass over the parsed splits: running statistics, counts and common indexes."""
+
+    def __init__(self, skeleton: Sequence[str], common: Sequence[str], vocab: Vocabulary):
+        self.skeleton, self.common, self.vocab = skeleton, common, vocab
+        self.stats = {s: SplitStats() for s in ENCODE_OUTPUTS}
+        self.files = {"train_file": SampleEncoding(), "test_file": SampleEncoding()}
+        self.indexes = {"train": CommonIndex(), "test": CommonIndex()}
+        samples = encoded_schema(skeleton, "samples").empty_table()
+        commons = encoded_schema(common, "commons").empty_table()
+        self.empty = {o: commons if o.endswith("commons") else samples for o in ENCODE_OUTPUTS}
+        self.empty["train_all"] = encoded_schema(skeleton, "samples", with_draw=True).empty_table()
+
+    def emit(self, **tables: pa.Table) -> tuple:
+        return (*[tables.get(o, self.empty[o]) for o in ENCODE_OUTPUTS], self.report())
+
+    def samples(self, table: pa.Table, source: str, split: str, **kw) -> pa.Table:
+        """Encode rows of the ``source`` raw file (train or test) into output ``split``."""
+        index, file = self.indexes[source], self.files[f"{source}_file"]
+        return encode_samples(
+            table, self.skeleton, self.vocab, index, self.stats[split], file, **kw
+        )
+
+    def report(self) -> dict:
+        return {
+            "splits": {k: v.as_dict() for k, v in self.stats.items()},
+            "files": {
+                k: {
+                    "sample_rows": e.rows_in,
+                    "missing_common_record": e.missing_common,
+                    "missing_common_examples": e.missing_examples,
+                }
+                for k, e in self.files.items()
+            },
+            "duplicate_common_records": {k: v.duplicates for k, v in self.indexes.items()},
+        }
+
+
+def encode_splits(
+    parsed: dict[str, Iterable[pa.Table]],
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    vocab: Vocabulary,
     *,
     valid_fraction: float,
     seed: int,
-    keep_prob: float,
-    chunk: int,
-    enc: SampleEncoding,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train_keep, valid) bool masks [N] for a parsed training shard.
+) -> Iterator[tuple]:
+    """Encode parsed shards (``parsed[train_samples|train_commons|test_samples|test_commons]``).
 
-    Validation takes whole common-record groups and is never sampled; training negatives are
-    kept with probability ``keep_prob``.
+    Splits train into train/valid by common record, looks ids up in ``vocab`` and yields, chunk
+    by chunk, one table per :data:`ENCODE_OUTPUTS` entry (empty where the chunk feeds none) and
+    the running report. Commons go first: the sample rows are joined to them as they are read.
     """
-    enc.rows_in += table.num_rows
-    valid = valid_group_mask(table.column(CFI), valid_fraction, seed)
-    click = table.column("click").to_numpy()
-    sampled = negative_keep_mask(click, keep_prob, seed, chunk)
-    train_neg = (~valid) & (click == 0)
-    enc.negatives_seen += int(train_neg.sum())
-    enc.negatives_kept += int((train_neg & sampled).sum())
-    return (~valid) & sampled, valid
+    run = _EncodePass(skeleton, common, vocab)
+    for split in ("train", "test"):
+        for table in parsed[f"{split}_commons"]:
+            run.indexes[split].extend(table.column(CFI))
+            out = encode_commons(table, common, vocab, run.stats[f"{split}_commons"])
+            yield run.emit(**{f"{split}_commons": out})
+    for chunk, table in enumerate(parsed["train_samples"]):
+        run.files["train_file"].rows_in += table.num_rows
+        train, valid, draws = split_train_rows(
+            table, valid_fraction=valid_fraction, seed=seed, chunk=chunk
+        )
+        tr = run.samples(table, "train", "train_all", keep=train, draws=draws)
+        va = run.samples(table, "train", "valid", keep=valid)
+        yield run.emit(train_all=tr, valid=va)
+    for table in parsed["test_samples"]:
+        run.files["test_file"].rows_in += table.num_rows
+        yield run.emit(test=run.samples(table, "test", "test"))

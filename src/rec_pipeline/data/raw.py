@@ -24,6 +24,10 @@ SPLIT_FILES = {
 }
 
 
+# The planted truth of synthetic data: each impression's true click and conversion probabilities.
+TRUTH_COLUMNS = {"sample_id": "int64", "p_ctr": "float64", "p_cvr": "float64"}
+
+
 class RawDataError(RuntimeError):
     """The raw folder is missing files or holds files this project must not overwrite."""
 
@@ -44,10 +48,13 @@ class RawFiles:
         path = self.folder / f"truth_{split}.parquet"
         return path if path.exists() and self.is_synthetic else None
 
-    def load_truth(self, split: str) -> pd.DataFrame | None:
-        """True (sample_id, p_ctr, p_cvr) of a split's raw file; valid rows live in train's."""
-        path = self.truth("test" if split == "test" else "train")
-        return None if path is None else pd.read_parquet(path)
+    def planted_truth(self, split: str) -> pd.DataFrame:
+        """True (sample_id, p_ctr, p_cvr) of the ``split`` raw file (train or test); no rows
+        when the folder holds real data."""
+        path = self.truth(split)
+        if path is None:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TRUTH_COLUMNS.items()})
+        return pd.read_parquet(path, columns=list(TRUTH_COLUMNS))
 
     @property
     def is_synthetic(self) -> bool:

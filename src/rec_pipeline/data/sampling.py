@@ -5,10 +5,17 @@ Both are pure functions of their inputs and a seed, so a rerun reproduces the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from rec_pipeline.data.stats import SplitStats
+
+# Column of the unsampled training rows that holds each row's negative-sampling draw.
+KEEP_DRAW = "keep_draw"
 
 
 def _hash_key(seed: int) -> str:
@@ -34,16 +41,45 @@ def valid_group_mask(keys: pa.Array | pa.ChunkedArray, fraction: float, seed: in
     return is_valid[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def negative_keep_mask(click: np.ndarray, keep_prob: float, seed: int, chunk: int) -> np.ndarray:
-    """bool [N]: keep every click=1 row and each click=0 row with probability ``keep_prob``.
+def negative_draws(click: np.ndarray, seed: int, chunk: int) -> np.ndarray:
+    """float64 [N]: a uniform draw in [0, 1) per click=0 row, 0.0 for click=1 rows.
 
-    The generator is seeded by (seed, chunk index), so the result does not depend on how many
-    chunks were processed before in this process.
+    Drawn once at encoding time and stored with the training rows, so that sampling keeps the
+    rows whose draw is below the keep probability: a rerun with a new probability needs no
+    re-encoding, and a smaller probability keeps a subset of a larger one's rows. The generator
+    is seeded by (seed, chunk index), so the draws do not depend on how many chunks were
+    processed before in this process.
     """
-    keep = np.ones(len(click), dtype=bool)
-    if keep_prob >= 1.0:
-        return keep
-    rng = np.random.default_rng([seed, chunk])
+    draws = np.zeros(len(click), dtype=np.float64)
     neg = click == 0
-    keep[neg] = rng.random(int(neg.sum())) < keep_prob
-    return keep
+    draws[neg] = np.random.default_rng([seed, chunk]).random(int(neg.sum()))
+    return draws
+
+
+def keep_mask(click: np.ndarray, draws: np.ndarray, keep_prob: float) -> np.ndarray:
+    """bool [N]: every click=1 row, and the click=0 rows whose draw is below ``keep_prob``."""
+    if keep_prob >= 1.0:
+        return np.ones(len(click), dtype=bool)
+    return (click != 0) | (draws < keep_prob)
+
+
+def sample_negatives(
+    tables: Iterable[pa.Table], keep_prob: float
+) -> Iterator[tuple[pa.Table, dict]]:
+    """Negative sampling of encoded training shards (with their :data:`KEEP_DRAW` column).
+
+    Yields each shard's kept rows, in order and without the draw column, and the running
+    report: the keep probability, rows and negatives seen and kept, and the kept rows' labels.
+    """
+    kept = SplitStats()
+    counts = {"rows_in": 0, "negatives_seen": 0, "negatives_kept": 0}
+    for table in tables:
+        click = table.column("click").to_numpy()
+        keep = keep_mask(click, table.column(KEEP_DRAW).to_numpy(), keep_prob)
+        out = table.filter(pa.array(keep)).drop_columns([KEEP_DRAW])
+        kept.add_labels(out.column("click").to_numpy(), out.column("conversion").to_numpy())
+        counts["rows_in"] += table.num_rows
+        counts["negatives_seen"] += int((click == 0).sum())
+        counts["negatives_kept"] += int(((click == 0) & keep).sum())
+        labels = {k: v for k, v in kept.as_dict().items() if k != "fields"}
+        yield out, {"keep_prob": float(keep_prob), **counts, "kept": labels}

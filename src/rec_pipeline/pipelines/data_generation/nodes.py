@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from rec_pipeline.config import load_config
+from rec_pipeline.config import load_section
 from rec_pipeline.data.raw import ExistingFiles, SyntheticSource
 
 
-def prepare_raw_data(parameters: dict[str, Any]) -> ExistingFiles | SyntheticSource:
+def prepare_raw_data(source: str, synthetic: dict[str, Any]) -> ExistingFiles | SyntheticSource:
     """The source the raw dataset materialises: synthetic data, or a check of real files."""
-    cfg = load_config(parameters)
-    if cfg.data.source == "files":
+    if source == "files":
         return ExistingFiles()
-    return SyntheticSource(cfg.synthetic.build())
+    return SyntheticSource(load_section("synthetic", synthetic).build())

@@ -1,20 +1,59 @@
+"""Raw files -> parsed shards -> vocabularies -> encoded splits -> sampled training rows ->
+metadata and the data-quality report."""
+
 from kedro.pipeline import Pipeline, node
 
 from .nodes import (
     build_data_quality_report,
-    build_metadata,
     build_vocabularies,
+    describe_dataset,
     encode_features,
-    parse_raw_files,
+    extract_planted_truth,
+    parse_raw,
+    sample_training_negatives,
 )
 
+PARSED = [f"parsed_{s}_{t}" for s in ("train", "test") for t in ("samples", "commons")]
 
-def create_pipeline(**kwargs) -> Pipeline:
+
+def create_sampling_pipeline(**kwargs) -> Pipeline:
+    """Negative sampling and what depends on it: rerunnable without parsing or encoding."""
     return Pipeline(
         [
             node(
-                parse_raw_files,
-                inputs=["raw_aliccp", "parameters"],
+                sample_training_negatives,
+                inputs=["encoded_train_all", "params:data.neg_keep_prob_train"],
+                outputs=["encoded_train", "sampling_report"],
+                name="sample_training_negatives",
+            ),
+            node(
+                describe_dataset,
+                inputs=[
+                    "vocabularies",
+                    "encode_report",
+                    "sampling_report",
+                    "params:data",
+                    "params:vocab",
+                ],
+                outputs="metadata",
+                name="describe_dataset",
+            ),
+            node(
+                build_data_quality_report,
+                inputs=["parse_report", "encode_report", "sampling_report"],
+                outputs="data_quality",
+                name="build_data_quality_report",
+            ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    encoding = Pipeline(
+        [
+            node(
+                parse_raw,
+                inputs=["raw_aliccp", "params:data"],
                 outputs=[
                     "parsed_train_samples",
                     "parsed_train_commons",
@@ -23,26 +62,30 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "quarantine",
                     "parse_report",
                 ],
-                name="parse_raw_files",
+                name="parse_raw",
+            ),
+            node(
+                extract_planted_truth,
+                inputs="raw_aliccp",
+                outputs=["planted_truth_train", "planted_truth_test"],
+                name="extract_planted_truth",
             ),
             node(
                 build_vocabularies,
-                inputs=["parsed_train_samples", "parsed_train_commons", "parameters"],
+                inputs=[
+                    "parsed_train_samples",
+                    "parsed_train_commons",
+                    "params:data",
+                    "params:vocab",
+                ],
                 outputs="vocabularies",
                 name="build_vocabularies",
             ),
             node(
                 encode_features,
-                inputs=[
-                    "parsed_train_samples",
-                    "parsed_train_commons",
-                    "parsed_test_samples",
-                    "parsed_test_commons",
-                    "vocabularies",
-                    "parameters",
-                ],
+                inputs=[*PARSED, "vocabularies", "params:data", "params:vocab"],
                 outputs=[
-                    "encoded_train",
+                    "encoded_train_all",
                     "encoded_valid",
                     "encoded_test",
                     "encoded_train_commons",
@@ -51,17 +94,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 name="encode_features",
             ),
-            node(
-                build_metadata,
-                inputs=["vocabularies", "encode_report", "parameters"],
-                outputs="metadata",
-                name="build_metadata",
-            ),
-            node(
-                build_data_quality_report,
-                inputs=["parse_report", "encode_report"],
-                outputs="data_quality",
-                name="build_data_quality_report",
-            ),
         ]
     )
+    return encoding + create_sampling_pipeline()

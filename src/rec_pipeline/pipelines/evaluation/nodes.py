@@ -1,4 +1,4 @@
-"""Evaluation node: a saved checkpoint on a chosen split, without retraining."""
+"""Evaluation nodes: a saved checkpoint on a chosen split, without retraining."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from rec_pipeline.config import load_config
+from rec_pipeline.config import load_config, load_section
 from rec_pipeline.data.batches import load_splits
-from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.train.inference import evaluate_split, summarise
 from rec_pipeline.train.loop import (
@@ -21,6 +21,53 @@ from rec_pipeline.train.loop import (
 
 log = logging.getLogger(__name__)
 
+PREDICTION_COLUMNS = ["sample_id", "click", "conversion", "p_ctr", "p_cvr", "p_ctcvr"]
+
+
+def evaluate_checkpoint(
+    checkpoint: dict,
+    split: str,
+    samples: ShardSet,
+    commons: ShardSet,
+    truth: pd.DataFrame,
+    *,
+    which: str,
+    settings: Any,
+    device: str,
+    with_predictions: bool = True,
+) -> tuple[pd.DataFrame | None, dict]:
+    """Predictions and metrics (docs/model.md, Metrics) of the checkpoint's ``which`` weights
+    (best or last) on one split. The checkpoint, not today's parameters, defines the model,
+    its data layout and its calibration; ``settings`` is the ``evaluation`` section."""
+    dev = resolve_device(device)
+    metadata = DatasetMetadata.coerce(checkpoint["metadata"])
+    trained = load_config(checkpoint["config"])
+    data = load_splits(metadata, {split: samples}, commons, dev)[split]
+    metrics, preds = evaluate_split(
+        model_from_checkpoint(checkpoint, which, dev),
+        data,
+        batch_size=settings.batch_size,
+        esmm=trained.use_esmm,
+        keep_prob=metadata.neg_keep_prob_train,
+        ctr_pos_weight=checkpoint_ctr_pos_weight(checkpoint, which, settings.correct_pos_weight),
+        n_bins=settings.calibration_bins,
+        truth=truth,
+        calibration=checkpoint_calibration(checkpoint, which, settings.calibration),
+        with_predictions=with_predictions,
+    )
+    metrics.update(
+        {
+            "split": split,
+            "checkpoint": which,
+            "checkpoint_step": (checkpoint.get(which) or {}).get("step"),
+            "experiment": trained.experiment.name,
+            "vocab_fingerprint": metadata.vocab_fingerprint,
+            "device": str(dev),
+        }
+    )
+    log.info("evaluation (%s, %s checkpoint): %s", split, which, summarise(metrics))
+    return preds, metrics
+
 
 def evaluate_model(
     model_checkpoint: dict,
@@ -29,45 +76,21 @@ def evaluate_model(
     encoded_test: ShardSet,
     encoded_train_commons: ShardSet,
     encoded_test_commons: ShardSet,
-    raw_aliccp: RawFiles,
-    parameters: dict[str, Any],
+    planted_truth_train: pd.DataFrame,
+    planted_truth_test: pd.DataFrame,
+    evaluation: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict]:
-    """Predictions and metrics (SPEC §6) of ``evaluation.checkpoint`` on ``evaluation.split``."""
-    cfg = load_config(parameters)
-    ev = cfg.evaluation
-    device = resolve_device(ev.device)
-    # The checkpoint, not today's parameters, defines the model and the data layout it expects.
-    metadata = model_checkpoint["metadata"]
-    trained = load_config(model_checkpoint["config"])
-    model = model_from_checkpoint(model_checkpoint, ev.checkpoint, device)
+    """``evaluation.checkpoint`` on ``evaluation.split`` (fp32, as validation and auto-eval)."""
+    ev = load_section("evaluation", evaluation)
+    test = ev.split == "test"
     samples = {"train": encoded_train, "valid": encoded_valid, "test": encoded_test}[ev.split]
-    commons = encoded_test_commons if ev.split == "test" else encoded_train_commons
-    data = load_splits(metadata, {ev.split: samples}, commons, device)[ev.split]
-    metrics, preds = evaluate_split(
-        model,
-        data,
-        batch_size=ev.batch_size,
-        esmm=trained.use_esmm,
-        keep_prob=float(metadata["neg_keep_prob_train"]),
-        ctr_pos_weight=checkpoint_ctr_pos_weight(
-            model_checkpoint, ev.checkpoint, ev.correct_pos_weight
-        ),
-        n_bins=ev.calibration_bins,
-        # fp32 (no autocast), as validation and auto-eval: one checkpoint, one set of numbers.
-        truth=raw_aliccp.load_truth(ev.split),
-        calibration=checkpoint_calibration(model_checkpoint, ev.checkpoint, ev.calibration),
-        with_predictions=True,
+    return evaluate_checkpoint(
+        model_checkpoint,
+        ev.split,
+        samples,
+        encoded_test_commons if test else encoded_train_commons,
+        planted_truth_test if test else planted_truth_train,
+        which=ev.checkpoint,
+        settings=ev,
+        device=ev.device,
     )
-    best = model_checkpoint.get(ev.checkpoint) or {}
-    metrics.update(
-        {
-            "split": ev.split,
-            "checkpoint": ev.checkpoint,
-            "checkpoint_step": best.get("step"),
-            "experiment": trained.experiment.name,
-            "vocab_fingerprint": metadata.get("vocab_fingerprint"),
-            "device": str(device),
-        }
-    )
-    log.info("evaluation (%s, %s checkpoint): %s", ev.split, ev.checkpoint, summarise(metrics))
-    return preds, metrics

@@ -1,3 +1,5 @@
+"""A saved checkpoint evaluated on the split ``evaluation.split`` names."""
+
 from kedro.pipeline import Pipeline, node
 
 from .nodes import evaluate_model
@@ -15,8 +17,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "encoded_test",
                     "encoded_train_commons",
                     "encoded_test_commons",
-                    "raw_aliccp",
-                    "parameters",
+                    "planted_truth_train",
+                    "planted_truth_test",
+                    "params:evaluation",
                 ],
                 outputs=["predictions", "evaluation_metrics"],
                 name="evaluate_model",

@@ -1,80 +1,63 @@
-"""Training node: load the encoded splits onto the device, train, hand back the artefacts."""
+"""Training nodes: train on the encoded splits, then the seed's automatic evaluation."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 import torch
 
-from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import load_splits
-from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.config import load_config, load_section
 from rec_pipeline.data.shards import ShardSet
-from rec_pipeline.train.inference import evaluate_split, summarise
-from rec_pipeline.train.loop import (
-    Trainer,
-    checkpoint_calibration,
-    checkpoint_ctr_pos_weight,
-    model_from_checkpoint,
-    resolve_device,
-)
-
-log = logging.getLogger(__name__)
-
-PREDICTION_COLUMNS = ["sample_id", "click", "conversion", "p_ctr", "p_cvr", "p_ctcvr"]
+from rec_pipeline.pipelines.evaluation.nodes import PREDICTION_COLUMNS, evaluate_checkpoint
+from rec_pipeline.train.run import train
 
 
 def train_model(
     encoded_train: ShardSet,
     encoded_valid: ShardSet,
     encoded_train_commons: ShardSet,
-    encoded_test: ShardSet,
-    encoded_test_commons: ShardSet,
     metadata: dict,
-    raw_aliccp: RawFiles,
     parameters: dict[str, Any],
-) -> tuple[dict, pd.DataFrame, dict, pd.DataFrame]:
-    """Train per ``parameters``; returns checkpoint, history, summary, auto-eval predictions."""
+) -> tuple[dict, pd.DataFrame, dict]:
+    """Checkpoint, history and summary of a training run.
+
+    Takes the whole parameters, not sections: the checkpoint records the complete configuration
+    so that evaluation rebuilds exactly the model that was trained.
+    """
     cfg = load_config(parameters)
-    device = resolve_device(cfg.runtime.device)
-    splits = load_splits(
-        metadata, {"train": encoded_train, "valid": encoded_valid}, encoded_train_commons, device
-    )
-    train, valid = splits["train"], splits["valid"]
-    log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(train), len(valid), device)
     resume = None
     if cfg.runtime.resume_path:
         resume = torch.load(cfg.runtime.resume_path, map_location="cpu", weights_only=True)
-    result = Trainer(cfg, metadata, train, valid, resume=resume).fit()
-    summary = dict(result.summary)
-    preds = pd.DataFrame(columns=PREDICTION_COLUMNS)
-    if cfg.runtime.auto_eval:
-        split = cfg.runtime.auto_eval_split
-        data = valid
-        if split == "test":
-            test = {"test": encoded_test}
-            data = load_splits(metadata, test, encoded_test_commons, device)["test"]
-        model = model_from_checkpoint(result.checkpoint, cfg.runtime.auto_eval_ckpt, device)
-        metrics, p = evaluate_split(
-            model,
-            data,
-            batch_size=cfg.evaluation.batch_size,
-            esmm=cfg.use_esmm,
-            keep_prob=float(metadata["neg_keep_prob_train"]),
-            ctr_pos_weight=checkpoint_ctr_pos_weight(
-                result.checkpoint, cfg.runtime.auto_eval_ckpt, cfg.evaluation.correct_pos_weight
-            ),
-            n_bins=cfg.evaluation.calibration_bins,
-            truth=raw_aliccp.load_truth(split),
-            calibration=checkpoint_calibration(
-                result.checkpoint, cfg.runtime.auto_eval_ckpt, cfg.evaluation.calibration
-            ),
-            with_predictions=cfg.runtime.auto_eval_save_preds,
-        )
-        log.info("auto_eval (%s, %s): %s", split, cfg.runtime.auto_eval_ckpt, summarise(metrics))
-        summary["auto_eval"] = {"split": split, "checkpoint": cfg.runtime.auto_eval_ckpt, **metrics}
-        if p is not None:
-            preds = p
-    return result.checkpoint, result.history, summary, preds
+    result = train(cfg, metadata, encoded_train, encoded_valid, encoded_train_commons, resume)
+    return result.checkpoint, result.history, result.summary
+
+
+def auto_evaluate(
+    model_checkpoint: dict,
+    encoded_valid: ShardSet,
+    encoded_test: ShardSet,
+    encoded_train_commons: ShardSet,
+    encoded_test_commons: ShardSet,
+    planted_truth_train: pd.DataFrame,
+    planted_truth_test: pd.DataFrame,
+    runtime: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, dict]:
+    """``runtime.auto_eval``: the trained ``auto_eval_ckpt`` weights on ``auto_eval_split``."""
+    rt, ev = load_section("runtime", runtime), load_section("evaluation", evaluation)
+    if not rt.auto_eval:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS), {"enabled": False}
+    test = rt.auto_eval_split == "test"
+    preds, metrics = evaluate_checkpoint(
+        model_checkpoint,
+        rt.auto_eval_split,
+        encoded_test if test else encoded_valid,
+        encoded_test_commons if test else encoded_train_commons,
+        planted_truth_test if test else planted_truth_train,
+        which=rt.auto_eval_ckpt,
+        settings=ev,
+        device=rt.device,
+        with_predictions=rt.auto_eval_save_preds,
+    )
+    return (pd.DataFrame(columns=PREDICTION_COLUMNS) if preds is None else preds), metrics
