@@ -1,8 +1,12 @@
 """Typed parameters: ``parameters.yml`` parsed once into pydantic models.
 
-Every key of the source document's training config is accepted here and means what SPEC.md says.
-An unknown key, a wrong type or an inconsistent combination raises :class:`ConfigError` naming the
-dotted key and what was expected, before any work starts.
+The defaults written here are the product's defaults, and the only place they are written:
+``conf/base/parameters.yml`` shows the same values with their comments (a test keeps the two
+equal) and ``conf/aliccp`` overrides only what the source recipe sets differently. Every key of
+the source recipe is accepted; the few that have no effect are listed in :data:`IGNORED_KEYS`
+and named in one warning per run. An unknown key, a wrong type or an inconsistent combination
+raises :class:`ConfigError` naming the dotted key and what was expected, before any work starts.
+docs/model.md describes what each model, loss and metric option means.
 """
 
 from __future__ import annotations
@@ -42,6 +46,44 @@ def _check_steps(value: float, key: str) -> None:
         raise ValueError(f"{key}: a float is a fraction of the run and must lie in (0, 1)")
     if isinstance(value, int) and value < 0:
         raise ValueError(f"{key}: a step count must be >= 0")
+
+
+# Keys of the source recipe that are accepted but change nothing, with the reason; a run that
+# sets one gets one warning naming them all (ignored_keys), so that nobody believes they act.
+IGNORED_KEYS = {
+    "data.metadata_path": "the catalog decides where metadata lives",
+    "data.num_workers": "the data sits in tensors on the device: no loader workers",
+    "data.num_workers_valid": "no loader workers",
+    "data.prefetch_factor": "no loader workers",
+    "data.pin_memory": "no loader workers",
+    "data.persistent_workers": "no loader workers",
+    "data.debug": "no debug mode",
+    "model.name": "experiment.name names the run",
+    "model.mtl": "MMoE is the only multi-task layer",
+    "model.mmoe.input": "the experts always read deep_h",
+    "model.mmoe.log_gates": "gate statistics follow runtime.log_health_metrics",
+    "model.mmoe.gate_stabilize.log_stats": "gate statistics follow runtime.log_health_metrics",
+    "loss.aux_focal.target_head": "the focal term always acts on CTCVR",
+    "loss.aux_focal.log_components": "every loss component is always logged",
+}
+
+
+def ignored_keys(parameters: dict[str, Any]) -> list[str]:
+    """The :data:`IGNORED_KEYS` that ``parameters`` sets, in the order of that table."""
+    found = []
+    for key in IGNORED_KEYS:
+        node: Any = parameters
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            found.append(key)
+    model = parameters.get("model") or {}
+    if model.get("backbone") is not None:
+        found += [f"model.{k}" for k in FLAT_BACKBONE_KEYS if k in model]
+    return found
+
+
+_ABSENT = object()
 
 
 class ConfigError(ValueError):
@@ -90,7 +132,7 @@ class DataConfig(_Model):
     drop_last: bool = False
     debug: bool = False
     seed: int = 20260127
-    neg_keep_prob_train: float = Field(1.0, gt=0.0, le=1.0)
+    neg_keep_prob_train: float = Field(0.4, gt=0.0, le=1.0)
 
     source: Literal["synthetic", "files"] = "synthetic"
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -103,7 +145,7 @@ class SamplingConfig(_Model):
 
 
 class VocabConfig(_Model):
-    min_count: int = Field(1, ge=1)
+    min_count: int = Field(2, ge=1)
     # Per-field caps, keyed by model field name (f0_205): keep the most frequent ids.
     max_size: dict[str, int] = Field(default_factory=dict)
     # Per-field hashing instead of a vocabulary: index = 1 + hash(raw id) mod buckets.
@@ -140,7 +182,7 @@ class EmbeddingConfig(_Model):
     # How a bag's weights (Ali-CCP's cross-field intensities) reach the network beyond the
     # pooling: none (the source's weighted mean), scale (mean of w*e over the bag's ids) or
     # dense (each bag's mean weight as a dense input per field). rec_pipeline.model.embedding.
-    weight_channel: Literal["none", "scale", "dense"] = "none"
+    weight_channel: Literal["none", "scale", "dense"] = "dense"
     sparse_grad: bool = True
     init_std: float = Field(0.01, gt=0.0)
 
@@ -157,18 +199,23 @@ Activation = Literal["relu", "gelu", "silu", "tanh", "prelu", "leaky_relu"]
 class BackboneConfig(_Model):
     use_legacy_pseudo_deepfm: bool = False
     return_logit_parts: bool = True
-    per_head_add: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    per_head_add: dict[str, dict[str, bool]] = Field(
+        default_factory=lambda: {
+            "ctr": {"use_wide": True, "use_fm": True},
+            "cvr": {"use_wide": True, "use_fm": False},
+        }
+    )
     # Each task that adds the wide term (per_head_add.<task>.use_wide) gets first-order weights
     # of its own instead of sharing one set (the source's behaviour).
-    wide_per_task: bool = False
-    deep_hidden_dims: list[int] = Field(default_factory=lambda: [256, 128])
+    wide_per_task: bool = True
+    deep_hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
     deep_dropout: float = Field(0.2, ge=0.0, lt=1.0)
     deep_activation: Activation = "relu"
     deep_use_bn: bool = False
     fm_enabled: bool = True
     # null: fm_logit = sum(fm_vec); int: fm_logit = MLP(D -> fm_projection_dim -> 1)(fm_vec).
     fm_projection_dim: int | None = Field(16, gt=0)
-    out_dim: int = Field(128, gt=0)
+    out_dim: int = Field(64, gt=0)
 
     @field_validator("per_head_add")
     @classmethod
@@ -184,11 +231,11 @@ class BackboneConfig(_Model):
 
 class GateStabilizeConfig(_Model):
     enabled: bool = True
-    temperature: float = Field(1.0, gt=0.0)
-    noise_std: float = Field(0.0, ge=0.0)
+    temperature: float = Field(1.2, gt=0.0)
+    noise_std: float = Field(0.05, ge=0.0)
     eps: float = Field(1e-8, gt=0.0)
-    entropy_reg_weight: float = Field(0.0, ge=0.0)
-    load_balance_kl_weight: float = Field(0.0, ge=0.0)
+    entropy_reg_weight: float = Field(1e-3, ge=0.0)
+    load_balance_kl_weight: float = Field(1e-3, ge=0.0)
     log_stats: bool = True
 
 
@@ -202,7 +249,7 @@ class MMoEConfig(_Model):
     log_gates: bool = True
     gate_stabilize: GateStabilizeConfig = Field(default_factory=GateStabilizeConfig)
     add_fm_vec: bool = True
-    add_emb: Literal["none", "sum", "mean", "concat"] = "mean"
+    add_emb: Literal["none", "sum", "mean", "concat"] = "concat"
     part_proj_dim: int | None = Field(128, gt=0)
     fusion: Literal["concat", "sum"] = "concat"
     adapter_mlp_dims: list[int] = Field(default_factory=lambda: [128])
@@ -220,56 +267,59 @@ class MMoEConfig(_Model):
 HeadInput = Literal["deep_h", "emb", "fm_vec"]
 
 
-class HeadConfig(_Model):
-    mlp_dims: list[int] | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    use_bn: bool | None = None
-    activation: Activation | None = None
+class ResolvedHead(_Model):
+    """A task tower's settings; the field defaults are the towers' defaults."""
+
+    mlp_dims: list[int] = Field(default_factory=lambda: [128])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    use_bn: bool = False
+    activation: Activation = "relu"
     # Output bias = log(p/(1-p)); null takes p from the training data's positive rate.
     prior_rate: float | None = Field(None, gt=0.0, lt=1.0)
     # Backbone parts concatenated to the task's expert mixture as the head's input (skip
     # connections around the MMoE): deep_h, emb (emb_concat and any field values), fm_vec.
+    extra_inputs: list[HeadInput] = Field(default_factory=lambda: ["emb"])
+
+
+class HeadConfig(_Model):
+    """Overrides of :class:`ResolvedHead`: a key left out (or null) keeps the value below it."""
+
+    mlp_dims: list[int] | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    use_bn: bool | None = None
+    activation: Activation | None = None
+    prior_rate: float | None = Field(None, gt=0.0, lt=1.0)
     extra_inputs: list[HeadInput] | None = None
 
-
-class ResolvedHead(_Model):
-    mlp_dims: list[int]
-    dropout: float
-    use_bn: bool
-    activation: Activation
-    prior_rate: float | None
-    extra_inputs: list[HeadInput] = Field(default_factory=list)
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class HeadsConfig(_Model):
-    model_config = ConfigDict(extra="allow")
-    default: HeadConfig = Field(
-        default_factory=lambda: HeadConfig(
-            mlp_dims=[128], dropout=0.1, use_bn=False, activation="relu"
-        )
-    )
+    """``default`` overrides the tower defaults for every task; ``ctr``/``cvr`` override it."""
+
+    default: HeadConfig = Field(default_factory=HeadConfig)
+    ctr: HeadConfig = Field(default_factory=HeadConfig)
+    cvr: HeadConfig = Field(default_factory=lambda: HeadConfig(dropout=0.5))
 
     def for_task(self, task: str) -> ResolvedHead:
-        """The default head with this task's overrides applied."""
-        merged = self.default.model_dump()
-        override = (self.model_extra or {}).get(task) or {}
-        try:
-            over = HeadConfig.model_validate(override)
-        except ValidationError as exc:
-            raise _from_validation(exc, prefix=f"model.heads.{task}") from None
-        merged.update({k: v for k, v in over.model_dump().items() if v is not None})
-        merged.setdefault("mlp_dims", [128])
-        defaults = {
-            "mlp_dims": [128],
-            "dropout": 0.1,
-            "use_bn": False,
-            "activation": "relu",
-            "extra_inputs": [],
-        }
-        for k, v in defaults.items():
-            if merged.get(k) is None:
-                merged[k] = v
-        return ResolvedHead.model_validate(merged)
+        """The tower defaults, then ``default``'s overrides, then this task's."""
+        return ResolvedHead.model_validate(
+            {**self.default.overrides(), **getattr(self, task).overrides()}
+        )
+
+
+# Flat backbone keys of the source recipe. They set model.backbone's keys when the recipe has no
+# `model.backbone` section; next to one, they are ignored (and named in the run's warning).
+FLAT_BACKBONE_KEYS = (
+    "deep_hidden_dims",
+    "deep_dropout",
+    "deep_activation",
+    "deep_use_bn",
+    "fm_enabled",
+    "fm_projection_dim",
+    "out_dim",
+)
 
 
 class ModelConfig(_Model):
@@ -277,17 +327,25 @@ class ModelConfig(_Model):
     mtl: Literal["mmoe"] = "mmoe"
     enabled_heads: list[Literal["ctr", "cvr"]] = Field(default_factory=lambda: ["ctr", "cvr"])
     tasks: list[Literal["ctr", "cvr"]] = Field(default_factory=lambda: ["ctr", "cvr"])
-    backbone: BackboneConfig | None = None
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     mmoe: MMoEConfig = Field(default_factory=MMoEConfig)
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
-    # Flat backbone keys of the source config; `backbone`, when present, overrides them.
-    deep_hidden_dims: list[int] = Field(default_factory=lambda: [256, 128])
-    deep_dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    deep_activation: Activation = "relu"
-    deep_use_bn: bool = False
-    fm_enabled: bool = True
-    fm_projection_dim: int | None = Field(16, gt=0)
-    out_dim: int = Field(128, gt=0)
+    # FLAT_BACKBONE_KEYS: typed and validated by BackboneConfig (no defaults of their own).
+    deep_hidden_dims: list[int] | None = None
+    deep_dropout: float | None = None
+    deep_activation: Activation | None = None
+    deep_use_bn: bool | None = None
+    fm_enabled: bool | None = None
+    fm_projection_dim: int | None = None
+    out_dim: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys_fill_a_missing_backbone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backbone") is None:
+            flat = {k: data[k] for k in FLAT_BACKBONE_KEYS if data.get(k) is not None}
+            data = {**data, "backbone": flat}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -296,30 +354,11 @@ class ModelConfig(_Model):
         missing = [h for h in self.enabled_heads if h not in self.tasks]
         if missing:
             raise ValueError(f"enabled_heads {missing} are not in tasks {self.tasks}")
-        for t in self.model_extra_heads():
-            if t not in self.tasks:
-                raise ValueError(f"heads.{t} configures a task that is not in tasks {self.tasks}")
         return self
 
-    def model_extra_heads(self) -> list[str]:
-        return list((self.heads.model_extra or {}).keys())
-
     def resolved_backbone(self) -> BackboneConfig:
-        """`model.backbone` when given, else the flat `model.deep_*` keys."""
-        if self.backbone is not None:
-            return self.backbone
-        return BackboneConfig(
-            use_legacy_pseudo_deepfm=False,
-            return_logit_parts=True,
-            per_head_add={},
-            deep_hidden_dims=self.deep_hidden_dims,
-            deep_dropout=self.deep_dropout,
-            deep_activation=self.deep_activation,
-            deep_use_bn=self.deep_use_bn,
-            fm_enabled=self.fm_enabled,
-            fm_projection_dim=self.fm_projection_dim,
-            out_dim=self.out_dim,
-        )
+        """The backbone's settings (the flat keys already folded in when it was absent)."""
+        return self.backbone
 
 
 # ------------------------------------------------------------------------------------ optimisation
@@ -344,7 +383,7 @@ class LRSchedulerConfig(_Model):
     enabled: bool = True
     target: Literal["dense", "both"] = "both"
     type: Literal["cosine", "step"] = "cosine"
-    warmup_steps: Steps = 0
+    warmup_steps: Steps = 0.125
     # null: derived from the data size x epochs, capped by runtime.max_train_steps.
     total_steps: int | None = Field(None, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -386,11 +425,11 @@ class TaskPair(_Model):
 
 
 class PosWeightScheduleConfig(_Model):
-    enabled: bool = False
+    enabled: bool = True
     target: Literal["ctcvr", "ctr", "both"] = "ctcvr"
     type: Literal["piecewise", "linear"] = "piecewise"
-    milestones: list[Steps] = Field(default_factory=lambda: [0])
-    values: list[float] = Field(default_factory=lambda: [300.0])
+    milestones: list[Steps] = Field(default_factory=lambda: [0, 0.2])
+    values: list[float] = Field(default_factory=lambda: [300.0, 30.0])
     start_step: int = Field(0, ge=0)
     end_step: int = Field(1, ge=0)
     start_value: float = Field(1.0, gt=0.0)
@@ -415,8 +454,8 @@ class PosWeightScheduleConfig(_Model):
 
 
 class AuxFocalConfig(_Model):
-    enabled: bool = False
-    warmup_steps: Steps = 0
+    enabled: bool = True
+    warmup_steps: Steps = 0.2
     target_head: Literal["ctcvr"] = "ctcvr"
     lambda_: float = Field(0.05, ge=0.0, alias="lambda")
     gamma: float = Field(1.0, ge=0.0)
@@ -441,7 +480,7 @@ class LossConfig(_Model):
     eps: float = Field(1e-6, gt=0.0)
     pos_weight_dynamic: bool = False
     static_pos_weight: TaskPair = Field(default_factory=TaskPair)
-    pos_weight_clip: TaskPair = Field(default_factory=lambda: TaskPair(ctr=1e9, ctcvr=1e9))
+    pos_weight_clip: TaskPair = Field(default_factory=lambda: TaskPair(ctr=30.0, ctcvr=300.0))
     pos_weight_clip_schedule: PosWeightScheduleConfig = Field(
         default_factory=PosWeightScheduleConfig
     )
@@ -453,7 +492,7 @@ class EsmmConfig(_Model):
     eps: float = Field(1e-8, gt=0.0)
     lambda_ctr: float = Field(1.0, ge=0.0)
     lambda_ctcvr: float = Field(1.0, ge=0.0)
-    lambda_cvr_aux: float = Field(0.1, ge=0.0)
+    lambda_cvr_aux: float = Field(1.0, ge=0.0)
 
 
 # --------------------------------------------------------------------------------------- runtime
@@ -461,27 +500,27 @@ class EsmmConfig(_Model):
 
 class RuntimeConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "cuda"
-    epochs: int = Field(1, gt=0)
+    epochs: int = Field(2, gt=0)
     log_every: int = Field(100, gt=0)
     # Validation interval in steps (or a fraction of the run); null uses log_every (the source
     # config's behaviour).
-    valid_every: Steps | None = None
+    valid_every: Steps | None = 0.1
     amp: bool = True
     amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
     grad_diag_enabled: bool = True
-    grad_diag_every: int | None = Field(None, gt=0)
+    grad_diag_every: int | None = Field(50, gt=0)
     grad_diag_min_tasks: int = Field(2, ge=1)
     log_health_metrics: bool = True
     max_train_steps: int | None = Field(None, gt=0)
     max_valid_steps: int | None = Field(None, gt=0)
-    grad_clip_norm: float | None = Field(None, gt=0.0)
+    grad_clip_norm: float | None = Field(2.0, gt=0.0)
     seed: int = 20260127
     resume_path: str | None = None
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True
     auto_eval_ckpt: Literal["best", "last"] = "best"
-    save_last: bool = False
+    save_last: bool = True
     progress_bar: bool = True
     valid_batch_size: int | None = Field(None, gt=0)
 
@@ -513,7 +552,7 @@ class EvaluationConfig(_Model):
 
 
 class ExperimentConfig(_Model):
-    name: str = "deepfm_mmoe"
+    name: str = "deepfm_mmoe_dual_sparse"
 
 
 # ---------------------------------------------------------------------------------------- root

@@ -6,7 +6,7 @@ import logging
 
 from kedro.framework.hooks import hook_impl
 
-from rec_pipeline.config import load_config
+from rec_pipeline.config import IGNORED_KEYS, ignored_keys, load_config
 
 log = logging.getLogger(__name__)
 
@@ -16,5 +16,14 @@ class ValidateParametersHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        cfg = load_config(catalog.load("parameters"))
+        parameters = catalog.load("parameters")
+        cfg = load_config(parameters)
         log.info("Parameters validated (experiment '%s').", cfg.experiment.name)
+        ignored = ignored_keys(parameters)
+        if ignored:
+            log.warning(
+                "These parameters are accepted but have no effect: %s",
+                "; ".join(
+                    f"{k} ({IGNORED_KEYS.get(k, 'model.backbone sets it')})" for k in ignored
+                ),
+            )

@@ -10,4 +10,6 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment's parameters.yml overrides conf/base key by key, not section by section.
+    "merge_strategy": {"parameters": "soft"},
 }
