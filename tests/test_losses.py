@@ -24,12 +24,22 @@ from rec_pipeline.train.losses import (
     log1mexp,
 )
 
+# The plain objective (no clip schedule, no focal term, no gate regularisers, the source's CVR
+# auxiliary weight): each test switches on what it checks.
+PLAIN_LOSS = {
+    "pos_weight_clip": {"ctr": 1e9, "ctcvr": 1e9},
+    "pos_weight_clip_schedule": {"enabled": False},
+    "aux_focal": {"enabled": False},
+}
+PLAIN_GATE = {"temperature": 1.0, "noise_std": 0.0, "entropy_reg_weight": 0.0}
+PLAIN_GATE["load_balance_kl_weight"] = 0.0
+
 
 def make_cfg(loss=None, esmm=None, gate=None, **top):
     params = {
-        "loss": loss or {},
-        "esmm": esmm or {},
-        "model": {"mmoe": {"gate_stabilize": gate or {}}},
+        "loss": PLAIN_LOSS | (loss or {}),
+        "esmm": {"lambda_cvr_aux": 0.1} | (esmm or {}),
+        "model": {"mmoe": {"gate_stabilize": PLAIN_GATE | (gate or {})}},
         "optim": {"sparse": {"allow_fallback_if_empty": True}},
         "embedding": {"sparse_grad": False},
     }

@@ -609,11 +609,15 @@ SEED_MODEL = {
 
 
 def _seed_params(model=None, embedding=None) -> dict:
-    return {
-        "embedding": {"default_embedding_dim": 8, "mode": "mean", "sparse_grad": True}
-        | (embedding or {}),
-        "model": copy.deepcopy(model or SEED_MODEL),
-    }
+    model = copy.deepcopy(model or SEED_MODEL)
+    # The recipe predates these keys; the source's behaviour, not the product default.
+    model["backbone"].setdefault("wide_per_task", False)
+    model["heads"]["default"].setdefault("extra_inputs", [])
+    model["heads"]["cvr"].setdefault("dropout", 0.1)
+    embedding = {"default_embedding_dim": 8, "mode": "mean", "sparse_grad": True} | (
+        embedding or {}
+    )
+    return {"embedding": {"weight_channel": "none"} | embedding, "model": model}
 
 
 def _meta_for(cfg, vocab=50) -> ModelMeta:

@@ -143,7 +143,9 @@ def test_step_fractions_resolve_to_counts_of_the_run():
     assert r.loss.pos_weight_clip_schedule.milestones == [0, 90]
     assert r.valid_every == 45
     # Step counts stay as they are; the source config's behaviour is unchanged.
-    counts = load_config({"optim": {"lr_scheduler": {"warmup_steps": 190}}})
+    counts = load_config(
+        {"optim": {"lr_scheduler": {"warmup_steps": 190}}, "runtime": {"valid_every": None}}
+    )
     assert resolve_step_fractions(counts, 450).optim.lr_scheduler.warmup_steps == 190
     assert resolve_step_fractions(counts, 450).valid_every == counts.runtime.log_every
 

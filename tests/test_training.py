@@ -33,7 +33,7 @@ def data(encoded_project):
     valid = SplitData(cat.load("encoded_valid"), commons, sk)
     test_commons = load_commons(cat.load("encoded_test_commons"), cm)
     test = SplitData(cat.load("encoded_test"), test_commons, sk)
-    truth = cat.load("raw_aliccp").load_truth("test")
+    truth = cat.load("planted_truth_test")
     return params, meta, train, valid, test, truth
 
 
