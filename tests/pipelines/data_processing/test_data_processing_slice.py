@@ -1,0 +1,74 @@
+"""The data-processing pipeline on a catalog built in code (no Kedro session, no project)."""
+
+from __future__ import annotations
+
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.pickle import PickleDataset
+from raw_files import write_raw
+
+from rec_pipeline.config import Config
+from rec_pipeline.data.metadata import DatasetMetadata
+from rec_pipeline.datasets import ParquetShardsDataset, RawAliCCPDataset
+from rec_pipeline.pipelines.data_processing import create_pipeline, create_sampling_pipeline
+
+SHARDS = [
+    *[f"parsed_{s}_{t}" for s in ("train", "test") for t in ("samples", "commons")],
+    *[f"encoded_{s}" for s in ("train_all", "train", "valid", "test")],
+    "encoded_train_commons",
+    "encoded_test_commons",
+    "quarantine",
+]
+KEPT = ("vocabularies", "encode_report", "parse_report")
+
+
+def _catalog(tmp_path, keep_prob: float) -> DataCatalog:
+    params = Config().model_dump(by_alias=True)
+    params["data"]["source"] = "files"
+    params["vocab"]["min_count"] = 1
+    raw = tmp_path / "raw"
+    if not raw.exists():
+        write_raw(raw)
+    shards = {n: ParquetShardsDataset(path=str(tmp_path / n)) for n in SHARDS}
+    # On disk, so that a later catalog (a rerun of sampling alone) finds them.
+    kept = {n: PickleDataset(filepath=str(tmp_path / f"{n}.pkl")) for n in KEPT}
+    return DataCatalog(
+        {
+            "raw_aliccp": RawAliCCPDataset(path=str(raw)),
+            **shards,
+            **kept,
+            "params:data": MemoryDataset(params["data"]),
+            "params:vocab": MemoryDataset(params["vocab"]),
+            "params:data.neg_keep_prob_train": MemoryDataset(keep_prob),
+        }
+    )
+
+
+def test_encoded_splits_metadata_and_quality_reconcile(tmp_path):
+    catalog = _catalog(tmp_path, keep_prob=0.5)
+    out = SequentialRunner().run(create_pipeline(), catalog)
+    meta = DatasetMetadata.from_dict(out["metadata"].load())
+    quality = out["data_quality"].load()
+    sampled = catalog["encoded_train"].load()
+    # 40 groups x 5 impressions per split; valid takes whole groups; sampling drops negatives.
+    assert meta.splits["test"]["rows"] == 200 == quality["rows"]["test"]
+    assert quality["rows"]["train_all"] + meta.splits["valid"]["rows"] == 200
+    assert meta.splits["train"]["rows"] == len(sampled) == quality["rows"]["train"]
+    ns = quality["negative_sampling"]
+    assert len(sampled) == ns["rows_in"] - (ns["negatives_seen"] - ns["negatives_kept"])
+    assert meta.neg_keep_prob_train == 0.5
+    assert meta.names("skeleton")[0] == "f0_205" and meta.raw_ids("common")[0] == "101"
+    assert out["planted_truth_test"].load().empty  # real files: no planted truth
+
+
+def test_sampling_reruns_alone_on_the_encoded_rows(tmp_path):
+    SequentialRunner().run(create_pipeline(), _catalog(tmp_path, keep_prob=1.0))
+    full = ParquetShardsDataset(path=str(tmp_path / "encoded_train")).load().read()
+    catalog = _catalog(tmp_path, keep_prob=0.3)
+    out = SequentialRunner().run(create_sampling_pipeline(), catalog)
+    sampled = catalog["encoded_train"].load().read()
+    assert set(sampled.column("sample_id").to_pylist()) < set(full.column("sample_id").to_pylist())
+    assert (full.column("click").to_numpy() == 1).sum() == (
+        sampled.column("click").to_numpy() == 1
+    ).sum()  # every click kept
+    assert out["metadata"].load()["neg_keep_prob_train"] == 0.3
