@@ -1,1 +1,2 @@
-
+"""Training: the objective, schedules, optimisers, the training loop and its checkpoints, and
+the diagnostics it records."""

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.report.html import render_report
 from rec_pipeline.report.plots import all_figures
 
@@ -17,11 +18,11 @@ def previous_metrics(current: dict, versions: list[dict]) -> dict | None:
     return earlier[-1] if earlier else None
 
 
-def data_summary(metadata: dict, data_quality: dict) -> dict:
+def data_summary(metadata: DatasetMetadata, data_quality: dict) -> dict:
     return {
-        "splits": metadata.get("splits", {}),
-        "vocabulary_sizes": {f["name"]: f["vocab_size"] for f in metadata.get("fields", [])},
-        "negative_keep_prob_train": metadata.get("neg_keep_prob_train"),
+        "splits": metadata.splits,
+        "vocabulary_sizes": metadata.vocab_sizes,
+        "negative_keep_prob_train": metadata.neg_keep_prob_train,
         "data_quality": data_quality,
     }
 
@@ -63,7 +64,7 @@ def build_report(
         params=parameters,
         data_summary={
             "training": training_overview(training_summary),
-            **data_summary(metadata, data_quality),
+            **data_summary(DatasetMetadata.from_dict(metadata), data_quality),
         },
         metrics=evaluation_metrics,
         previous_metrics=previous_metrics(evaluation_metrics, evaluation_metrics_versions),

@@ -1,3 +1,5 @@
+"""Figures and a self-contained HTML report of the latest run."""
+
 from kedro.pipeline import Pipeline, node
 
 from .nodes import build_report
