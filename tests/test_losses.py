@@ -434,12 +434,14 @@ def test_task_gradient_stats_and_health_metrics():
     x = torch.randn(10, 3)
     h = shared(x)
     losses = {"ctr": heads["ctr"](h).sum(), "cvr": -heads["ctr"](h).sum()}
-    stats = task_gradient_stats(model, losses)
-    assert stats["grad_cos_ctr_cvr"] == pytest.approx(-1.0, abs=1e-5)
-    assert stats["grad_norm_ctr"] == pytest.approx(stats["grad_norm_cvr"], rel=1e-6)
+    stats = _by_structure(task_gradient_stats(model, losses))
+    assert stats[("grad_cos", "ctr", None, "cvr")] == pytest.approx(-1.0, abs=1e-5)
+    norm_ctr = stats[("grad_norm", "ctr", None, None)]
+    assert norm_ctr == pytest.approx(stats[("grad_norm", "cvr", None, None)], rel=1e-6)
     assert shared.weight.grad is None  # .grad untouched
     losses["cvr"] = heads["cvr"](h).sum() * 0 + torch.zeros((), requires_grad=True)
-    assert task_gradient_stats(model, losses)["grad_cos_ctr_cvr"] == 0.0
+    stats = _by_structure(task_gradient_stats(model, losses))
+    assert stats[("grad_cos", "ctr", None, "cvr")] == 0.0
 
     cfg = make_cfg()
     comps = {k: torch.tensor(float(i)) for i, k in enumerate(ESMM_COMPONENTS)}
@@ -448,11 +450,25 @@ def test_task_gradient_stats_and_health_metrics():
 
     g = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
     out = make_out(torch.zeros(2), torch.tensor([0.0, 2.0]), {"ctr": g})
-    m = health_metrics(out, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
-    assert m["gate_ctr_e0"] == pytest.approx(0.6)
-    assert m["dead_experts_ctr"] == 2
+    m = _by_structure(health_metrics(out, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])))
+    assert [m[("gate_weight", "ctr", e, None)] for e in range(4)] == pytest.approx([0.6, 0.4, 0, 0])
+    assert m[("dead_experts", "ctr", None, None)] == 2
     ent = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3) + 2 * 0.5 * math.log(0.5)) / 2
-    assert m["gate_entropy_ctr"] == pytest.approx(ent, rel=1e-5)
-    assert m["logit_cvr_mean"] == pytest.approx(1.0) and m["logit_cvr_std"] == pytest.approx(1.0)
-    assert m["prob_ctr_mean"] == pytest.approx(0.5)
-    assert m["pos_rate_click"] == pytest.approx(0.5) and m["pos_rate_conversion"] == 0.0
+    assert m[("gate_entropy", "ctr", None, None)] == pytest.approx(ent, rel=1e-5)
+    assert m[("logit_mean", "cvr", None, None)] == pytest.approx(1.0)
+    assert m[("logit_std", "cvr", None, None)] == pytest.approx(1.0)
+    assert m[("prob_mean", "ctr", None, None)] == pytest.approx(0.5)
+    p_cvr = 1 / (1 + math.exp(-2.0))
+    assert m[("prob_mean", "ctcvr", None, None)] == pytest.approx(0.5 * (0.5 + p_cvr) / 2)
+    assert m[("pos_rate", "ctr", None, None)] == pytest.approx(0.5)
+    assert m[("pos_rate", "ctcvr", None, None)] == 0.0
+
+
+def _by_structure(rows: list[dict]) -> dict[tuple, float]:
+    """History rows keyed by (name, task, expert, other_task); a duplicate key fails."""
+    out = {}
+    for r in rows:
+        key = (r["name"], r.get("task"), r.get("expert"), r.get("other_task"))
+        assert key not in out, key
+        out[key] = r["value"]
+    return out

@@ -83,9 +83,13 @@ def model_meta_from_metadata(metadata: dict) -> ModelMeta:
     )
 
 
+#: Columns of the training history; task / expert / other_task are empty where they do not apply.
+HISTORY_COLUMNS = ["step", "kind", "name", "task", "expert", "other_task", "value"]
+
+
 @dataclass
 class History:
-    """Long-format metric history: (step, kind, name, value) rows."""
+    """Long-format metric history: one row per (step, kind, name[, task, expert, other_task])."""
 
     rows: list[dict] = field(default_factory=list)
 
@@ -95,8 +99,15 @@ class History:
                 continue
             self.rows.append({"step": int(step), "kind": kind, "name": name, "value": float(value)})
 
+    def add_rows(self, step: int, kind: str, rows: list[dict]) -> None:
+        """Rows with their own ``name``, ``value`` and optional task / expert / other_task."""
+        for row in rows:
+            self.rows.append({**row, "step": int(step), "kind": kind, "value": float(row["value"])})
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["step", "kind", "name", "value"])
+        frame = pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+        frame["expert"] = frame["expert"].astype("Int64")
+        return frame
 
 
 @dataclass
@@ -316,10 +327,10 @@ class Trainer:
             stats = task_gradient_stats(
                 self.model, task_losses_for_diagnostics(res.components, cfg)
             )
-            self.history.add(self.step, "grad", stats)
+            self.history.add_rows(self.step, "grad", stats)
         if rt.log_health_metrics and (self.step + 1) % rt.log_every == 0:
             with torch.no_grad():
-                self.history.add(
+                self.history.add_rows(
                     self.step + 1, "health", health_metrics(out, batch.click, batch.conversion)
                 )
         self.opt.zero_grad()
