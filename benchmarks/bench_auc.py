@@ -3,7 +3,7 @@
 Examples::
 
     python benchmarks/bench_auc.py                      # 40M rows, CPU (NumPy path)
-    python benchmarks/bench_auc.py --device cuda        # 40M rows, GPU (torch path)
+    python benchmarks/bench_auc.py --device cuda        # 40M rows made on the GPU (copied to the host)
     python benchmarks/bench_auc.py --n 10000000 --repeats 3
 
 Scores are float32 sigmoid outputs whose logits depend on the label (AUC about 0.7), with a
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scores, labels = make_data(args.n, args.pos_rate, args.dtype, args.device, args.seed)
     if args.device == "cpu":
-        # The CPU path of roc_auc views CPU tensors as NumPy arrays; time it on plain arrays.
+        # roc_auc views CPU tensors as NumPy arrays; time it on plain arrays.
         cpu_scores = scores.float() if args.dtype == "bfloat16" else scores
         scores_in, labels_in = cpu_scores.numpy(), labels.numpy()
     else:

@@ -116,7 +116,8 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(data):
 def test_checkpoint_carries_config_and_metadata(data):
     params, meta, train, valid, _, _ = data
     cfg = _cfg(params, runtime={"max_train_steps": 3, "save_last": False})
-    ckpt = Trainer(cfg, meta, train, valid).fit().checkpoint
+    trainer = Trainer(cfg, meta, train, valid)
+    ckpt = trainer.fit().checkpoint
     assert ckpt["last"] is None and ckpt["best"]["state_dict"]
     assert ckpt["metadata"]["vocab_fingerprint"] == meta["vocab_fingerprint"]
     assert load_config(ckpt["config"]) == cfg
@@ -124,7 +125,14 @@ def test_checkpoint_carries_config_and_metadata(data):
         model_from_checkpoint(ckpt, "last")
     # Rebuilt from the checkpoint alone, the model predicts what the trained one did.
     model = model_from_checkpoint(ckpt, "best")
-    assert sum(p.numel() for p in model.parameters()) > 0
+    assert ckpt["best"]["step"] == trainer.step  # the best weights are the final ones here
+    batch = next(iter(valid.iter_batches(256)))
+    trainer.model.eval()
+    with torch.no_grad():
+        want, got = trainer.model(batch).logits, model(batch).logits
+    assert want.keys() == got.keys() == {"ctr", "cvr"}
+    for task in want:
+        torch.testing.assert_close(got[task], want[task], rtol=0, atol=0)
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_warning(caplog):

@@ -1,4 +1,4 @@
-"""Exact ROC AUC for NumPy arrays and torch tensors (CPU or CUDA).
+"""Exact ROC AUC and downsampled ROC curves, on host NumPy arrays.
 
 The AUC is the Mann-Whitney statistic with ties counted as one half::
 
@@ -14,13 +14,10 @@ Algorithm (one pass of value sorts, no argsort and no gather of labels):
    sorted negatives (the positives are sorted too, so the searches walk memory forwards);
 3. ``2U = sum(lo + hi)`` is an exact int64 integer and ``AUC = 2U / (2 P N)`` in float64.
 
-Sorting values only is several times faster than an argsort on CPU (NumPy uses SIMD sorts for
-plain values) and is a single radix sort per class on a GPU. All counting is int64, so the result
-is exact up to the final float64 division, also for tens of millions of rows.
-
-Torch tensors stay on their device: a CUDA input is split, sorted and searched on the GPU and only
-the final scalars travel to the host. CPU tensors are viewed as NumPy arrays (no copy), because
-NumPy's value sort is much faster than ``torch.sort`` on CPU.
+Sorting values only is several times faster than an argsort (NumPy uses SIMD sorts for plain
+values). All counting is int64, so the result is exact up to the final float64 division, also for
+tens of millions of rows. Inputs go through :func:`~rec_pipeline.metrics.arrays.to_numpy`:
+torch tensors are copied to the host once, everything is computed on NumPy arrays.
 """
 
 from __future__ import annotations
@@ -30,10 +27,7 @@ from typing import Any
 
 import numpy as np
 
-try:  # torch is a project dependency, but keep the NumPy path usable without it.
-    import torch
-except ImportError:  # pragma: no cover - exercised only in torch-free environments
-    torch = None  # type: ignore[assignment]
+from .arrays import to_numpy
 
 __all__ = ["AucResult", "auc_value", "roc_auc", "roc_curve_points"]
 
@@ -73,62 +67,16 @@ class AucResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_tensor(x: Any) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _on_accelerator(x: Any) -> bool:
-    return _is_tensor(x) and x.device.type != "cpu"
-
-
-def _tensor_to_numpy(t: Any) -> np.ndarray:
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype in (torch.bfloat16,):  # NumPy has no bfloat16; float32 holds it exactly.
-        t = t.float()
-    return t.numpy()
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    arr = _tensor_to_numpy(x) if _is_tensor(x) else np.asarray(x)
-    return arr.reshape(-1)
-
-
-def _prepare(scores: Any, labels: Any, force_torch: bool) -> tuple[Any, Any, bool]:
-    """Return flat ``(scores, labels, use_torch)`` on the device the computation runs on."""
-    use_torch = _on_accelerator(scores) or (force_torch and _is_tensor(scores))
-    if use_torch:
-        s = scores.detach().reshape(-1)
-        if s.dtype in (torch.bfloat16, torch.float16):
-            s = s.float()  # exact; sort/searchsorted support is uniform for float32
-        if _is_tensor(labels):
-            y = labels.detach().reshape(-1).to(s.device)
-        else:
-            y = torch.as_tensor(np.asarray(labels).reshape(-1), device=s.device)
-        return s, y, True
-    return _as_numpy(scores), _as_numpy(labels), False
-
-
 def _check_lengths(n_s: int, n_y: int) -> None:
     if n_s != n_y:
         raise ValueError(f"scores and labels differ in length: {n_s} != {n_y}")
 
 
-def _positive_mask_numpy(y: np.ndarray) -> np.ndarray:
+def _positive_mask(y: np.ndarray) -> np.ndarray:
     if y.dtype == np.bool_:
         return y
     pos = y == 1
     if y.size and int(np.count_nonzero(pos)) + int(np.count_nonzero(y == 0)) != y.size:
-        raise ValueError("labels must be binary (0/1 or bool)")
-    return pos
-
-
-def _positive_mask_torch(y: Any) -> Any:
-    if y.dtype == torch.bool:
-        return y
-    pos = y == 1
-    if y.numel() and not bool(torch.all(pos | (y == 0))):
         raise ValueError("labels must be binary (0/1 or bool)")
     return pos
 
@@ -150,9 +98,9 @@ def _undefined(n: int, n_pos: int, nan_count: int = 0) -> AucResult | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _auc_numpy(s: np.ndarray, y: np.ndarray) -> AucResult:
+def _exact_auc(s: np.ndarray, y: np.ndarray) -> AucResult:
     n = int(s.size)
-    pos = _positive_mask_numpy(y)
+    pos = _positive_mask(y)
     n_pos = int(np.count_nonzero(pos))
     nan_count = int(np.count_nonzero(np.isnan(s))) if s.dtype.kind in "fc" else 0
     if (bad := _undefined(n, n_pos, nan_count)) is not None:
@@ -168,36 +116,16 @@ def _auc_numpy(s: np.ndarray, y: np.ndarray) -> AucResult:
     return AucResult(twice_u / (2.0 * n_pos * n_neg), None, n, n_pos)
 
 
-def _auc_torch(s: Any, y: Any) -> AucResult:
-    n = int(s.numel())
-    pos = _positive_mask_torch(y)
-    n_pos = int(pos.sum(dtype=torch.int64))
-    nan_count = int(torch.isnan(s).sum()) if s.is_floating_point() else 0
-    if (bad := _undefined(n, n_pos, nan_count)) is not None:
-        return bad
-    neg_sorted = torch.sort(s[~pos]).values
-    pos_sorted = torch.sort(s[pos]).values
-    lo = torch.searchsorted(neg_sorted, pos_sorted, right=False)
-    hi = torch.searchsorted(neg_sorted, pos_sorted, right=True)
-    twice_u = int(lo.sum(dtype=torch.int64) + hi.sum(dtype=torch.int64))
-    n_neg = n - n_pos
-    return AucResult(twice_u / (2.0 * n_pos * n_neg), None, n, n_pos)
-
-
-def roc_auc(scores: Any, labels: Any, *, force_torch: bool = False) -> AucResult:
+def roc_auc(scores: Any, labels: Any) -> AucResult:
     """Exact ROC AUC with ties counted one half (agrees with scikit-learn).
 
     Parameters
     ----------
     scores:
         1-D NumPy array / sequence / torch tensor of scores (any real dtype; bf16/fp16 are widened
-        exactly to float32). A CUDA tensor is processed on its device.
+        exactly to float32; a tensor is copied to the host).
     labels:
-        Binary labels (bool or 0/1 of any dtype), same length. Moved to the scores' device when
-        the scores are a CUDA tensor.
-    force_torch:
-        Use the torch implementation even for CPU tensors (the CUDA code path, run on CPU; slower
-        than the default NumPy path there, useful for testing).
+        Binary labels (bool or 0/1 of any dtype), same length.
 
     Returns
     -------
@@ -205,11 +133,9 @@ def roc_auc(scores: Any, labels: Any, *, force_torch: bool = False) -> AucResult
         ``value`` is ``None`` with a ``reason`` when the AUC is undefined (no rows, only one class,
         NaN scores). Non-binary labels or mismatched lengths raise ``ValueError``.
     """
-    s, y, use_torch = _prepare(scores, labels, force_torch)
-    n_s = int(s.numel()) if use_torch else int(s.size)
-    n_y = int(y.numel()) if use_torch else int(y.size)
-    _check_lengths(n_s, n_y)
-    return _auc_torch(s, y) if use_torch else _auc_numpy(s, y)
+    s, y = to_numpy(scores), to_numpy(labels)
+    _check_lengths(int(s.size), int(y.size))
+    return _exact_auc(s, y)
 
 
 def auc_value(scores: Any, labels: Any) -> float | None:
@@ -223,18 +149,10 @@ def auc_value(scores: Any, labels: Any) -> float | None:
 
 
 def _sorted_by_class(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted negative and positive scores as float64 NumPy arrays (sorted on the input's device)."""
-    s, y, use_torch = _prepare(scores, labels, force_torch=False)
-    if use_torch:
-        _check_lengths(int(s.numel()), int(y.numel()))
-        pos = _positive_mask_torch(y)
-        neg_sorted = torch.sort(s[~pos]).values
-        pos_sorted = torch.sort(s[pos]).values
-        return _tensor_to_numpy(neg_sorted).astype(np.float64), _tensor_to_numpy(pos_sorted).astype(
-            np.float64
-        )
+    """Sorted negative and positive scores as float64 NumPy arrays."""
+    s, y = to_numpy(scores), to_numpy(labels)
     _check_lengths(int(s.size), int(y.size))
-    pos = _positive_mask_numpy(y)
+    pos = _positive_mask(y)
     return np.sort(s[~pos]).astype(np.float64), np.sort(s[pos]).astype(np.float64)
 
 

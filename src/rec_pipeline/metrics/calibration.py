@@ -1,7 +1,7 @@
 """Log loss, calibration bins, the negative-sampling correction and Platt scaling.
 
-Everything here works on host memory in float64 (inputs may be NumPy arrays, sequences or torch
-tensors on any device; tensors are copied to the host). Large inputs are processed in chunks so
+Everything here works on host NumPy arrays in float64 (inputs pass through
+:func:`~rec_pipeline.metrics.arrays.to_numpy`). Large inputs are processed in chunks so
 the float64 temporaries stay bounded.
 """
 
@@ -13,10 +13,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
+from .arrays import to_numpy
 
 __all__ = [
     "DEFAULT_EPS",
@@ -27,24 +24,11 @@ __all__ = [
     "correct_negative_sampling",
     "fit_platt",
     "logloss",
-    "to_numpy",
 ]
 
 #: Probabilities are clipped to ``[eps, 1 - eps]`` before taking logs.
 DEFAULT_EPS = 1e-7
 _CHUNK = 1 << 22  # 4M rows per float64 chunk
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """Flat NumPy view/copy of an array-like or torch tensor (bf16 is widened to float32)."""
-    if torch is not None and isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        return t.numpy().reshape(-1)
-    return np.asarray(x).reshape(-1)
 
 
 def _check_same_length(p: np.ndarray, y: np.ndarray) -> None:
@@ -83,8 +67,6 @@ def rescale_odds(q: Any, factor: float) -> Any:
         raise ValueError(f"odds factor must be > 0, got {factor!r}")
     if f == 1.0:
         return q
-    if torch is not None and isinstance(q, torch.Tensor):
-        return q / (q + (1.0 - q) / f)
     if np.isscalar(q):
         qf = float(q)
         return qf / (qf + (1.0 - qf) / f)
@@ -99,8 +81,8 @@ def correct_negative_sampling(q: Any, keep_prob: float) -> Any:
 
     ``q`` is the probability predicted by a model trained on data where each negative was kept
     with probability ``keep_prob``; ``p`` is the probability on the unsampled population.
-    Accepts floats, NumPy arrays and torch tensors (the result keeps the input's type, device and
-    floating dtype; NumPy integer input gives float64). ``keep_prob == 1`` returns ``q`` unchanged.
+    Accepts floats and NumPy arrays (the result keeps a float input's dtype; integer input gives
+    float64). ``keep_prob == 1`` returns ``q`` unchanged.
     """
     keep = float(keep_prob)
     if not 0.0 < keep <= 1.0:

@@ -1,4 +1,4 @@
-"""The validation / evaluation metric dictionary (SPEC §6).
+"""The validation / evaluation metric dictionary (SPEC §6), computed on host NumPy arrays.
 
 ``compute_metrics`` returns a JSON-serialisable dict (plain ``float`` / ``int`` / ``None``)::
 
@@ -15,92 +15,44 @@ Per task: ``auc``, ``auc_reason``, ``n``, ``n_pos``, ``logloss``, ``logloss_unco
 * ``cvr``: ``p_cvr`` vs conversion over the clicked rows only.
 * ``ctcvr``: ``p_ctr * p_cvr`` vs conversion over all rows.
 
-Probabilities. With ``calibration`` (Platt parameters fitted on the unsampled validation split,
-the default of training) the CTR and CVR outputs are mapped through them and CTCVR is their
-product: this undoes negative sampling and every loss weight at once. Without it, when the
-training data had its negatives down-sampled (``keep_prob < 1``) the CTR probability is
-corrected with :func:`correct_negative_sampling` (and for the CTR loss's pos_weight, see
-``ctr_pos_weight``) and the CTCVR probability is the corrected CTR
-probability times ``p_cvr`` (``calibration_method`` says which). ``logloss`` and the calibration ``mean_pred`` use the corrected
-probability, ``*_uncorrected`` the raw one. Every AUC ranks the
-model's own outputs (SPEC §6): the CTCVR AUC ranks ``p_ctr * p_cvr`` as the heads output them, so
+Probabilities (:func:`probabilities`, float64). With ``calibration`` (Platt parameters fitted on
+the unsampled validation split, the default of training) the CTR and CVR outputs are mapped
+through them and CTCVR is their product: this undoes negative sampling and every loss weight at
+once. Without it, the CTR odds are multiplied by ``keep_prob / ctr_pos_weight`` (the
+negative-sampling correction and the CTR loss's pos_weight) and CVR is kept as it is
+(``calibration_method`` says which). ``logloss`` and the calibration ``mean_pred`` use the
+corrected probability, ``*_uncorrected`` the raw one. Every AUC ranks the model's own outputs
+(SPEC §6): the CTCVR AUC ranks ``p_ctr * p_cvr`` as the heads output them (in their dtype), so
 neither the corrections nor ``evaluation.correct_pos_weight`` can change an AUC or which
 checkpoint is kept.
-
-AUCs run on the device of torch inputs; the rest is computed on the host in float64.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .arrays import to_numpy
 from .auc import AucResult, roc_auc
-from .calibration import (
-    calibrated,
-    calibration_bins,
-    correct_negative_sampling,
-    logloss,
-    to_numpy,
-)
+from .calibration import calibrated, calibration_bins, correct_negative_sampling, logloss
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
-
-__all__ = ["TASKS", "compute_metrics", "flat_metrics", "primary_auc"]
+__all__ = [
+    "TASKS",
+    "Probabilities",
+    "compute_metrics",
+    "flat_metrics",
+    "metrics_of",
+    "primary_auc",
+    "probabilities",
+]
 
 TASKS = ("ctr", "cvr", "ctcvr")
 #: Weights of the ESMM primary metric: auc_ctcvr + 0.2 * auc_ctr + 0.2 * auc_cvr.
 ESMM_PRIMARY_WEIGHTS = {"ctcvr": 1.0, "ctr": 0.2, "cvr": 0.2}
-
-
-def _is_tensor(x: Any) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _flat(x: Any) -> Any:
-    """Flat 1-D array; torch tensors stay tensors (and on their device)."""
-    if _is_tensor(x):
-        return x.detach().reshape(-1)
-    return np.asarray(x).reshape(-1)
-
-
-def _length(x: Any) -> int:
-    return int(x.numel()) if _is_tensor(x) else int(x.size)
-
-
-def _as_float(x: Any) -> Any:
-    if _is_tensor(x):
-        return x if x.is_floating_point() and x.dtype != torch.bfloat16 else x.float()
-    return x if x.dtype.kind == "f" else x.astype(np.float64)
-
-
-def _align(ref: Any, x: Any) -> Any:
-    """Bring ``x`` to the array kind/device of ``ref`` (torch device or NumPy)."""
-    if _is_tensor(ref):
-        if _is_tensor(x):
-            return x.to(ref.device)
-        return torch.as_tensor(np.asarray(x), device=ref.device)
-    return to_numpy(x)
-
-
-def _mask(x: Any, m: Any) -> Any:
-    return x[m]
-
-
-def _is_one(y: Any) -> Any:
-    return y.bool() if _is_tensor(y) and y.dtype == torch.bool else (y == 1)
-
-
-def _sum_int(x: Any) -> int:
-    if _is_tensor(x):
-        return int(x.sum(dtype=torch.int64))
-    return int(np.count_nonzero(x))
 
 
 def primary_auc(
@@ -121,34 +73,83 @@ def primary_auc(
     return (float(auc_ctr) + float(auc_cvr)) / 2.0, None
 
 
+@dataclass(frozen=True)
+class Probabilities:
+    """Per-row probabilities ``[n]``: the heads' outputs and the calibrated ones.
+
+    ``ctr`` / ``cvr`` are the heads' sigmoid outputs in the model's dtype (what every AUC ranks);
+    ``ctr_cal`` / ``cvr_cal`` are float64 probabilities on the unsampled population (what log
+    loss, calibration bins and saved predictions use). CTCVR is the product of each pair.
+    """
+
+    ctr: np.ndarray
+    cvr: np.ndarray
+    ctr_cal: np.ndarray
+    cvr_cal: np.ndarray
+    method: str  # "platt" | "odds"
+
+    @property
+    def ctcvr(self) -> np.ndarray:
+        return self.ctr * self.cvr
+
+    @property
+    def ctcvr_cal(self) -> np.ndarray:
+        return self.ctr_cal * self.cvr_cal
+
+
+def probabilities(
+    p_ctr: Any,
+    p_cvr: Any,
+    *,
+    keep_prob: float = 1.0,
+    ctr_pos_weight: float = 1.0,
+    calibration: Mapping[str, Any] | None = None,
+) -> Probabilities:
+    """The one calibration step: heads' outputs -> :class:`Probabilities` (see the module doc)."""
+    if float(ctr_pos_weight) <= 0:
+        raise ValueError(f"ctr_pos_weight must be > 0, got {ctr_pos_weight!r}")
+    correct_negative_sampling(0.5, keep_prob)  # validates keep_prob
+    ctr, cvr = _as_float(to_numpy(p_ctr)), _as_float(to_numpy(p_cvr))
+    ctr_cal, cvr_cal = calibrated(
+        ctr.astype(np.float64),
+        cvr.astype(np.float64),
+        keep_prob=keep_prob,
+        ctr_pos_weight=ctr_pos_weight,
+        calibration=calibration,
+    )
+    method = "platt" if calibration is not None else "odds"
+    return Probabilities(ctr, cvr, ctr_cal, cvr_cal, method)
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
 def _task_block(
-    scores: Any,
-    labels: Any,
-    scores_uncorrected: Any | None,
-    oracle_scores: Any | None,
+    scores: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    oracle_scores: np.ndarray | None,
     *,
     n_bins: int,
     strategy: str,
     eps: float,
 ) -> dict[str, Any]:
-    """AUC of the model's own output (``scores_uncorrected`` when given), probability metrics
-    (log loss, calibration) of the corrected ``scores``."""
-    res: AucResult = roc_auc(scores if scores_uncorrected is None else scores_uncorrected, labels)
-    p = to_numpy(scores)
-    y = to_numpy(labels)
-    p_raw = p if scores_uncorrected is None else to_numpy(scores_uncorrected)
+    """AUC of the model's own ``scores``; log loss and calibration of the calibrated ``probs``
+    (with the raw scores as the ``*_uncorrected`` values)."""
+    res: AucResult = roc_auc(scores, labels)
     block: dict[str, Any] = {
         "auc": res.value,
         "auc_reason": res.reason,
         "n": res.n,
         "n_pos": res.n_pos,
         "pos_rate": (res.n_pos / res.n) if res.n else None,
-        "mean_pred": float(p.mean(dtype=np.float64)) if p.size else None,
-        "mean_pred_uncorrected": float(p_raw.mean(dtype=np.float64)) if p_raw.size else None,
-        "logloss": logloss(p, y, eps=eps),
-        "logloss_uncorrected": logloss(p_raw, y, eps=eps),
+        "mean_pred": float(probs.mean(dtype=np.float64)) if probs.size else None,
+        "mean_pred_uncorrected": float(scores.mean(dtype=np.float64)) if scores.size else None,
+        "logloss": logloss(probs, labels, eps=eps),
+        "logloss_uncorrected": logloss(scores, labels, eps=eps),
         "calibration": calibration_bins(
-            p, y, n_bins=n_bins, strategy=strategy, extra={"mean_pred_uncorrected": p_raw}
+            probs, labels, n_bins=n_bins, strategy=strategy, extra={"mean_pred_uncorrected": scores}
         ),
         "oracle_auc": None,
         "oracle_auc_reason": None,
@@ -161,6 +162,80 @@ def _task_block(
         if oracle.value is not None and res.value is not None:
             block["oracle_gap"] = oracle.value - res.value
     return block
+
+
+def _column(x: Any, n: int, name: str) -> np.ndarray:
+    a = to_numpy(x)
+    if a.size != n:
+        raise ValueError(f"{name} has {a.size} rows, click has {n}")
+    return a
+
+
+def _truth_columns(truth: Mapping[str, Any] | None, n: int) -> tuple[Any, Any]:
+    """Oracle ``(p_ctr, p_cvr)`` float arrays ``[n]``, or ``(None, None)`` without truth."""
+    if truth is None:
+        return None, None
+    if "p_ctr" not in truth or "p_cvr" not in truth:
+        raise ValueError("truth must contain 'p_ctr' and 'p_cvr'")
+    return (
+        _as_float(_column(truth["p_ctr"], n, "truth p_ctr")),
+        _as_float(_column(truth["p_cvr"], n, "truth p_cvr")),
+    )
+
+
+def metrics_of(
+    click: Any,
+    conversion: Any,
+    probs: Probabilities,
+    *,
+    esmm: bool,
+    keep_prob: float = 1.0,
+    ctr_pos_weight: float = 1.0,
+    n_bins: int = 10,
+    truth: Mapping[str, Any] | None = None,
+    calibration_strategy: str = "quantile",
+    eps: float = 1e-7,
+) -> dict[str, Any]:
+    """The metric dict of already calibrated :class:`Probabilities` (see :func:`compute_metrics`;
+    ``keep_prob`` and ``ctr_pos_weight`` are only recorded here)."""
+    click = to_numpy(click)
+    n = int(click.size)
+    conversion = _column(conversion, n, "conversion")
+    for name, arr in (("p_ctr", probs.ctr), ("p_cvr", probs.cvr)):
+        _column(arr, n, name)
+    true_ctr, true_cvr = _truth_columns(truth, n)
+    clicked = click == 1
+    opts = {"n_bins": n_bins, "strategy": calibration_strategy, "eps": eps}
+    tasks = {
+        "ctr": _task_block(probs.ctr, probs.ctr_cal, click, true_ctr, **opts),
+        "cvr": _task_block(
+            probs.cvr[clicked],
+            probs.cvr_cal[clicked],
+            conversion[clicked],
+            None if true_cvr is None else true_cvr[clicked],
+            **opts,
+        ),
+        "ctcvr": _task_block(
+            probs.ctcvr,
+            probs.ctcvr_cal,
+            conversion,
+            None if true_ctr is None else true_ctr * true_cvr,
+            **opts,
+        ),
+    }
+    primary, reason = primary_auc(*(tasks[t]["auc"] for t in TASKS), esmm=esmm)
+    return {
+        "n_rows": n,
+        "n_clicks": int(np.count_nonzero(clicked)),
+        "n_conversions": int(np.count_nonzero(conversion == 1)),
+        "esmm": bool(esmm),
+        "keep_prob": float(keep_prob),
+        "ctr_pos_weight": float(ctr_pos_weight),
+        "calibration_method": probs.method,
+        "auc_primary": primary,
+        "auc_primary_reason": reason,
+        "tasks": tasks,
+    }
 
 
 def compute_metrics(
@@ -180,108 +255,37 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Evaluation / validation metrics of a CTR-CVR model (see the module docstring for the dict).
 
-    Parameters
-    ----------
-    click, conversion:
-        Binary labels per row (NumPy or torch).
-    p_ctr, p_cvr:
-        Predicted probabilities per row as output by the model (``p_ctr`` before the
-        negative-sampling correction; ``p_cvr`` = P(conversion | click)).
-    esmm:
-        Selects the primary-metric formula.
-    keep_prob:
-        Probability with which training negatives (click = 0) were kept; 1 = no sampling.
-    ctr_pos_weight:
-        The CTR loss's positive weight at the evaluated checkpoint. A weighted BCE multiplies the
-        learnt odds by it, so the corrected CTR probability divides them back out (with
-        ``keep_prob``: odds x keep_prob / ctr_pos_weight). 1 = only the sampling correction.
-    n_bins, calibration_strategy:
-        Calibration bins (``"quantile"`` or ``"uniform"``) of the corrected probability.
-    calibration:
-        Optional ``{"ctr": (a, b), "cvr": (a, b)}`` Platt parameters fitted on an unsampled
-        split (:func:`~rec_pipeline.metrics.calibration.fit_platt`). When given they replace the
-        odds correction: the corrected probabilities are ``sigmoid(a * logit(p) + b)`` for CTR
-        and CVR, and CTCVR is their product.
-    truth:
-        Optional ``{"p_ctr": ..., "p_cvr": ...}`` true probabilities aligned with the rows;
-        adds ``oracle_auc`` and ``oracle_gap = oracle_auc - auc`` per task.
-    eps:
-        Clipping of probabilities inside the log loss.
+    click, conversion: binary labels per row. p_ctr, p_cvr: the heads' probabilities per row
+    (``p_cvr`` = P(conversion | click)). All ``[n]``, array-likes (tensors are copied to the host).
+    esmm: selects the primary-metric formula. keep_prob: probability with which training
+    negatives were kept (1 = no sampling). ctr_pos_weight: the CTR loss's positive weight at the
+    evaluated checkpoint (a weighted BCE multiplies the learnt odds by it, so the odds correction
+    divides it back out; 1 = only the sampling correction). calibration: optional
+    ``{"ctr": (a, b), "cvr": (a, b)}`` Platt parameters fitted on an unsampled split
+    (:func:`~rec_pipeline.metrics.calibration.fit_platt`), which replace the odds correction.
+    truth: optional ``{"p_ctr": ..., "p_cvr": ...}`` true probabilities aligned with the rows;
+    adds ``oracle_auc`` and ``oracle_gap = oracle_auc - auc`` per task. n_bins,
+    calibration_strategy (``"quantile"`` | ``"uniform"``): calibration bins of the calibrated
+    probability. eps: clipping of probabilities inside the log loss.
     """
-    click = _flat(click)
-    n = _length(click)
-    conversion = _align(click, _flat(conversion))
-    p_ctr_raw = _as_float(_align(click, _flat(p_ctr)))
-    p_cvr = _as_float(_align(click, _flat(p_cvr)))
-    for name, arr in (("conversion", conversion), ("p_ctr", p_ctr_raw), ("p_cvr", p_cvr)):
-        if _length(arr) != n:
-            raise ValueError(f"{name} has {_length(arr)} rows, click has {n}")
-
-    if float(ctr_pos_weight) <= 0:
-        raise ValueError(f"ctr_pos_weight must be > 0, got {ctr_pos_weight!r}")
-    correct_negative_sampling(0.5, keep_prob)  # validates keep_prob
-    odds_factor = float(keep_prob) / float(ctr_pos_weight)
-    p_ctcvr_raw = p_ctr_raw * p_cvr
-    p_ctr_corr, p_cvr_corr = calibrated(
-        p_ctr_raw,
-        p_cvr,
+    n = int(to_numpy(click).size)
+    p_ctr, p_cvr = _column(p_ctr, n, "p_ctr"), _column(p_cvr, n, "p_cvr")
+    _column(conversion, n, "conversion")
+    probs = probabilities(
+        p_ctr, p_cvr, keep_prob=keep_prob, ctr_pos_weight=ctr_pos_weight, calibration=calibration
+    )
+    return metrics_of(
+        click,
+        conversion,
+        probs,
+        esmm=esmm,
         keep_prob=keep_prob,
         ctr_pos_weight=ctr_pos_weight,
-        calibration=calibration,
+        n_bins=n_bins,
+        truth=truth,
+        calibration_strategy=calibration_strategy,
+        eps=eps,
     )
-    p_ctcvr_corr = p_ctr_corr * p_cvr_corr
-    corrected = calibration is not None or odds_factor != 1.0
-
-    true_ctr = true_cvr = None
-    if truth is not None:
-        if "p_ctr" not in truth or "p_cvr" not in truth:
-            raise ValueError("truth must contain 'p_ctr' and 'p_cvr'")
-        true_ctr = _as_float(_align(click, _flat(truth["p_ctr"])))
-        true_cvr = _as_float(_align(click, _flat(truth["p_cvr"])))
-        for name, arr in (("truth p_ctr", true_ctr), ("truth p_cvr", true_cvr)):
-            if _length(arr) != n:
-                raise ValueError(f"{name} has {_length(arr)} rows, click has {n}")
-
-    clicked = _is_one(click)
-    opts = {"n_bins": n_bins, "strategy": calibration_strategy, "eps": eps}
-    tasks = {
-        "ctr": _task_block(
-            p_ctr_corr,
-            click,
-            p_ctr_raw if corrected else None,
-            true_ctr,
-            **opts,
-        ),
-        "cvr": _task_block(
-            _mask(p_cvr, clicked) if calibration is None else p_cvr_corr[to_numpy(clicked)],
-            _mask(conversion, clicked),
-            None if calibration is None else _mask(p_cvr, clicked),
-            None if true_cvr is None else _mask(true_cvr, clicked),
-            **opts,
-        ),
-        "ctcvr": _task_block(
-            p_ctcvr_corr,
-            conversion,
-            p_ctcvr_raw if corrected else None,
-            None if true_ctr is None else true_ctr * true_cvr,
-            **opts,
-        ),
-    }
-    primary, reason = primary_auc(
-        tasks["ctr"]["auc"], tasks["cvr"]["auc"], tasks["ctcvr"]["auc"], esmm=esmm
-    )
-    return {
-        "n_rows": n,
-        "n_clicks": _sum_int(clicked),
-        "n_conversions": _sum_int(_is_one(conversion)),
-        "esmm": bool(esmm),
-        "keep_prob": float(keep_prob),
-        "ctr_pos_weight": float(ctr_pos_weight),
-        "calibration_method": "platt" if calibration is not None else "odds",
-        "auc_primary": primary,
-        "auc_primary_reason": reason,
-        "tasks": tasks,
-    }
 
 
 def _is_number(v: Any) -> bool:

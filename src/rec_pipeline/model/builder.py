@@ -33,7 +33,7 @@ from ..config import Config
 from .embedding import BatchLike, FusedFieldEmbedding
 from .fm import FMLayer
 from .heads import TaskHead
-from .mlp import MLP, linear_parameter_count, mlp_parameter_count
+from .mlp import MLP
 from .mmoe import MMoE, MMoEInputComposer
 
 ADAPTER_DROPOUT = 0.1
@@ -114,27 +114,15 @@ class _Plan:
         return 1 + max(self.wide_column.values(), default=0)
 
 
-def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
+def _per_head_add(cfg: Config) -> dict[str, tuple[bool, bool]]:
+    """Per task: (adds the wide term, adds the FM logit), checked against the backbone mode."""
     bb = cfg.model.resolved_backbone()
-    mm = cfg.model.mmoe
-    fields = meta.fields
-    if not fields:
-        raise ValueError("ModelMeta has no fields")
-    dims = {f: cfg.embedding_dim(f) for f in fields}
-    emb_dim = max(dims.values())
-    concat_dim = sum(dims.values())
-    dense_dim = concat_dim + (len(fields) if cfg.embedding.weight_channel == "dense" else 0)
-    deep_dims = [int(d) for d in bb.deep_hidden_dims]
-    deep_out = deep_dims[-1] if deep_dims else dense_dim
-    legacy = bb.use_legacy_pseudo_deepfm
-    tasks = list(cfg.model.tasks)
-
     per_head_add: dict[str, tuple[bool, bool]] = {}
-    for task in tasks:
+    for task in cfg.model.tasks:
         flags = bb.per_head_add.get(task, {})
         per_head_add[task] = (bool(flags.get("use_wide")), bool(flags.get("use_fm")))
     any_add = any(w or f for w, f in per_head_add.values())
-    if legacy and any_add:
+    if bb.use_legacy_pseudo_deepfm and any_add:
         raise ValueError(
             "model.backbone.per_head_add must add nothing in legacy mode "
             "(use_legacy_pseudo_deepfm folds fm_vec into h)"
@@ -143,32 +131,49 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         raise ValueError(
             "model.backbone.per_head_add needs return_logit_parts: true (it adds those parts)"
         )
-    fm_logit = any(f for _, f in per_head_add.values())
-    if not bb.fm_enabled:
-        if legacy:
-            raise ValueError(
-                "model.backbone.use_legacy_pseudo_deepfm needs fm_enabled: true "
-                "(h = Linear(concat(deep_h, fm_vec)))"
-            )
-        if mm.add_fm_vec:
-            raise ValueError(
-                "model.mmoe.add_fm_vec needs model.backbone.fm_enabled: true "
-                "(or set add_fm_vec: false)"
-            )
-        if fm_logit:
-            raise ValueError("model.backbone.per_head_add use_fm needs fm_enabled: true")
-    fm_needed = bb.fm_enabled and (legacy or mm.add_fm_vec or fm_logit)
+    return per_head_add
 
-    part_dims = {"deep_h": bb.out_dim if legacy else deep_out}
+
+def _check_fm_users(cfg: Config, fm_logit: bool) -> None:
+    """Every part that reads the FM output needs ``fm_enabled``."""
+    bb = cfg.model.resolved_backbone()
+    if bb.fm_enabled:
+        return
+    if bb.use_legacy_pseudo_deepfm:
+        raise ValueError(
+            "model.backbone.use_legacy_pseudo_deepfm needs fm_enabled: true "
+            "(h = Linear(concat(deep_h, fm_vec)))"
+        )
+    if cfg.model.mmoe.add_fm_vec:
+        raise ValueError(
+            "model.mmoe.add_fm_vec needs model.backbone.fm_enabled: true (or set add_fm_vec: false)"
+        )
+    if fm_logit:
+        raise ValueError("model.backbone.per_head_add use_fm needs fm_enabled: true")
+    for task in cfg.model.tasks:
+        if "fm_vec" in cfg.model.heads.for_task(task).extra_inputs:
+            raise ValueError(
+                f"model.heads.{task}.extra_inputs has fm_vec: needs model.backbone.fm_enabled"
+            )
+
+
+def _part_dims(cfg: Config, deep_out: int, emb_dim: int, dense_dim: int) -> dict[str, int]:
+    """Width of each part the MMoE input composer fuses: deep_h, fm_vec?, emb?."""
+    bb, mm = cfg.model.resolved_backbone(), cfg.model.mmoe
+    part_dims = {"deep_h": bb.out_dim if bb.use_legacy_pseudo_deepfm else deep_out}
     if mm.add_fm_vec:
         part_dims["fm_vec"] = emb_dim
     if mm.add_emb in ("sum", "mean"):
         part_dims["emb"] = emb_dim
     elif mm.add_emb == "concat":
         part_dims["emb"] = dense_dim
+    return part_dims
 
+
+def _priors(cfg: Config, meta: ModelMeta) -> dict[str, float]:
+    """Per task the positive rate its head's output bias starts at, inside (0, 1)."""
     priors = {}
-    for task in tasks:
+    for task in cfg.model.tasks:
         p = cfg.model.heads.for_task(task).prior_rate
         if p is None:
             if task not in meta.prior_rates:
@@ -179,25 +184,44 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
             p = float(meta.prior_rates[task])
         # An empirical rate of exactly 0 or 1 (tiny data) is pulled into (0, 1).
         priors[task] = min(max(float(p), 1e-6), 1.0 - 1e-6)
+    return priors
 
+
+def _wide_columns(cfg: Config, per_head_add: dict[str, tuple[bool, bool]]) -> dict[str, int]:
+    """First-order column of each task adding a wide term: shared (0) or one per task."""
+    wide_tasks = [t for t in cfg.model.tasks if per_head_add[t][0]]
+    if cfg.model.resolved_backbone().wide_per_task:
+        return {t: i for i, t in enumerate(wide_tasks)}
+    return {t: 0 for t in wide_tasks}
+
+
+def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
+    bb, mm = cfg.model.resolved_backbone(), cfg.model.mmoe
+    fields = meta.fields
+    if not fields:
+        raise ValueError("ModelMeta has no fields")
+    dims = {f: cfg.embedding_dim(f) for f in fields}
+    emb_dim, concat_dim = max(dims.values()), sum(dims.values())
+    dense_dim = concat_dim + (len(fields) if cfg.embedding.weight_channel == "dense" else 0)
+    deep_dims = [int(d) for d in bb.deep_hidden_dims]
+    deep_out = deep_dims[-1] if deep_dims else dense_dim
+    per_head_add = _per_head_add(cfg)
+    fm_logit = any(f for _, f in per_head_add.values())
+    _check_fm_users(cfg, fm_logit)
     part_width = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim}
-    head_inputs: dict[str, list[str]] = {}
-    head_in_dims: dict[str, int] = {}
-    for task in tasks:
-        extra = list(dict.fromkeys(cfg.model.heads.for_task(task).extra_inputs))
-        if "fm_vec" in extra and not bb.fm_enabled:
-            raise ValueError(
-                f"model.heads.{task}.extra_inputs has fm_vec: needs model.backbone.fm_enabled"
-            )
-        head_inputs[task] = extra
-        head_in_dims[task] = mm.expert_mlp_dims[-1] + sum(part_width[k] for k in extra)
-    fm_needed = fm_needed or any("fm_vec" in v for v in head_inputs.values())
-    wide_tasks = [t for t in tasks if per_head_add[t][0]]
-    if bb.wide_per_task:
-        wide_column = {t: i for i, t in enumerate(wide_tasks)}
-    else:
-        wide_column = {t: 0 for t in wide_tasks}
-
+    head_inputs = {
+        t: list(dict.fromkeys(cfg.model.heads.for_task(t).extra_inputs)) for t in cfg.model.tasks
+    }
+    head_in_dims = {
+        t: mm.expert_mlp_dims[-1] + sum(part_width[k] for k in extra)
+        for t, extra in head_inputs.items()
+    }
+    fm_needed = bb.fm_enabled and (
+        bb.use_legacy_pseudo_deepfm
+        or mm.add_fm_vec
+        or fm_logit
+        or any("fm_vec" in v for v in head_inputs.values())
+    )
     return _Plan(
         dims=dims,
         emb_dim=emb_dim,
@@ -208,24 +232,20 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         deep_activation=bb.deep_activation,
         deep_dropout=bb.deep_dropout,
         deep_use_bn=bb.deep_use_bn,
-        legacy=legacy,
+        legacy=bb.use_legacy_pseudo_deepfm,
         out_dim=bb.out_dim,
         fm_needed=fm_needed,
         fm_logit=fm_logit,
         fm_projection_dim=bb.fm_projection_dim,
         return_parts=bb.return_logit_parts,
         per_head_add=per_head_add,
-        part_dims=part_dims,
+        part_dims=_part_dims(cfg, deep_out, emb_dim, dense_dim),
         add_emb=mm.add_emb,
-        priors=priors,
+        priors=_priors(cfg, meta),
         head_inputs=head_inputs,
         head_in_dims=head_in_dims,
-        wide_column=wide_column,
+        wide_column=_wide_columns(cfg, per_head_add),
     )
-
-
-def _adapter_dropout(cfg: Config) -> float:
-    return float(getattr(cfg.model.mmoe, "adapter_dropout", ADAPTER_DROPOUT))
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -243,9 +263,6 @@ class DeepFmMmoe(nn.Module):
         plan = _plan(cfg, meta)
         self.plan = plan
         self.tasks = list(cfg.model.tasks)
-        mm = cfg.model.mmoe
-        gs = mm.gate_stabilize
-
         self.embedding = FusedFieldEmbedding(
             meta.skeleton_fields,
             meta.common_fields,
@@ -272,40 +289,8 @@ class DeepFmMmoe(nn.Module):
         self.legacy_proj = (
             nn.Linear(plan.deep_out + plan.emb_dim, plan.out_dim) if plan.legacy else None
         )
-        self.composer = MMoEInputComposer(
-            plan.part_dims,
-            proj_dim=mm.part_proj_dim,
-            norm=mm.norm,
-            dropout=mm.dropout,
-            fusion=mm.fusion,
-            adapter_dims=mm.adapter_mlp_dims,
-            adapter_dropout=_adapter_dropout(cfg),
-            out_dim=plan.out_dim,
-        )
-        self.mmoe = MMoE(
-            self.composer.out_dim,
-            self.tasks,
-            num_experts=mm.num_experts,
-            expert_dims=mm.expert_mlp_dims,
-            dropout=mm.dropout,
-            gate_type=mm.gate_type,
-            gate_hidden_dims=mm.gate_hidden_dims,
-            stabilize=gs.enabled,
-            temperature=gs.temperature,
-            noise_std=gs.noise_std,
-        )
-        heads = {}
-        for task in self.tasks:
-            h = cfg.model.heads.for_task(task)
-            heads[task] = TaskHead(
-                plan.head_in_dims[task],
-                h.mlp_dims,
-                activation=h.activation,
-                dropout=h.dropout,
-                use_bn=h.use_bn,
-                prior_rate=plan.priors[task],
-            )
-        self.heads = nn.ModuleDict(heads)
+        self.composer, self.mmoe = _mixture(cfg, plan)
+        self.heads = nn.ModuleDict({task: _head(cfg, plan, task) for task in self.tasks})
 
     def forward(self, batch: BatchLike) -> ModelOutput:
         plan = self.plan
@@ -381,6 +366,48 @@ class DeepFmMmoe(nn.Module):
         return list(self.heads[task].parameters()) + list(self.mmoe.gates[task].parameters())
 
 
+def _mixture(cfg: Config, plan: _Plan) -> tuple[MMoEInputComposer, MMoE]:
+    """The MMoE input composer (parts -> [B, out_dim]) and the MMoE over its output."""
+    mm = cfg.model.mmoe
+    gs = mm.gate_stabilize
+    composer = MMoEInputComposer(
+        plan.part_dims,
+        proj_dim=mm.part_proj_dim,
+        norm=mm.norm,
+        dropout=mm.dropout,
+        fusion=mm.fusion,
+        adapter_dims=mm.adapter_mlp_dims,
+        adapter_dropout=ADAPTER_DROPOUT,
+        out_dim=plan.out_dim,
+    )
+    mmoe = MMoE(
+        composer.out_dim,
+        list(cfg.model.tasks),
+        num_experts=mm.num_experts,
+        expert_dims=mm.expert_mlp_dims,
+        dropout=mm.dropout,
+        gate_type=mm.gate_type,
+        gate_hidden_dims=mm.gate_hidden_dims,
+        stabilize=gs.enabled,
+        temperature=gs.temperature,
+        noise_std=gs.noise_std,
+    )
+    return composer, mmoe
+
+
+def _head(cfg: Config, plan: _Plan, task: str) -> TaskHead:
+    """The task's tower: [B, head_in_dims[task]] -> logit [B]."""
+    h = cfg.model.heads.for_task(task)
+    return TaskHead(
+        plan.head_in_dims[task],
+        h.mlp_dims,
+        activation=h.activation,
+        dropout=h.dropout,
+        use_bn=h.use_bn,
+        prior_rate=plan.priors[task],
+    )
+
+
 def build_model(cfg: Config, meta: ModelMeta) -> DeepFmMmoe:
     """The model described by ``cfg.model`` / ``cfg.embedding`` for the data described by meta."""
     return DeepFmMmoe(cfg, meta)
@@ -412,57 +439,6 @@ def parameter_counts(model: DeepFmMmoe) -> dict[str, int]:
     }
     for task in model.tasks:
         counts[f"head_{task}"] = _numel(model.heads[task])
-    counts["dense_total"] = sum(v for k, v in counts.items() if k != "embedding")
-    counts["total"] = counts["dense_total"] + counts["embedding"]
-    return counts
-
-
-def expected_parameter_counts(cfg: Config, meta: ModelMeta) -> dict[str, int]:
-    """The same keys as :func:`parameter_counts`, in closed form from the config and meta.
-
-    ``Linear(i -> o) = i*o + o``, ``LayerNorm(d) = BatchNorm1d(d) = 2d``, PReLU 1; the fused
-    tables hold ``(sum_f vocab_f) * (D + 1)`` values (vector columns + the first-order column).
-    """
-    plan = _plan(cfg, meta)
-    mm = cfg.model.mmoe
-    rows = sum(int(meta.vocab_sizes[f]) for f in meta.fields)
-    counts = {"embedding": rows * (plan.emb_dim + plan.linear_terms)}
-    if cfg.embedding.weight_channel == "dense":
-        counts["embedding"] += len(meta.fields) * plan.linear_terms  # value_coef
-    counts["deep"] = mlp_parameter_count(
-        plan.dense_dim, plan.deep_dims, activation=plan.deep_activation, use_bn=plan.deep_use_bn
-    )
-    fm = 0
-    if plan.fm_needed and plan.fm_logit and plan.fm_projection_dim is not None:
-        p = plan.fm_projection_dim
-        fm = linear_parameter_count(plan.emb_dim, p) + linear_parameter_count(p, 1)
-    counts["fm"] = fm
-    counts["legacy_proj"] = (
-        linear_parameter_count(plan.deep_out + plan.emb_dim, plan.out_dim) if plan.legacy else 0
-    )
-    parts = 0
-    widths = []
-    for d in plan.part_dims.values():
-        w = d
-        if mm.part_proj_dim is not None:
-            parts += linear_parameter_count(d, mm.part_proj_dim)
-            w = mm.part_proj_dim
-        if mm.norm == "layernorm":
-            parts += 2 * w
-        widths.append(w)
-    counts["composer_parts"] = parts
-    fused = sum(widths) if mm.fusion == "concat" else widths[0]
-    counts["adapter"] = mlp_parameter_count(fused, mm.adapter_mlp_dims, out_dim=plan.out_dim)
-    counts["mmoe_norm"] = 2 * plan.out_dim
-    e = mm.num_experts
-    counts["experts"] = e * mlp_parameter_count(plan.out_dim, mm.expert_mlp_dims)
-    hidden = mm.gate_hidden_dims if mm.gate_type == "mlp" else []
-    counts["gates"] = len(cfg.model.tasks) * mlp_parameter_count(plan.out_dim, hidden, out_dim=e)
-    for task in cfg.model.tasks:
-        h = cfg.model.heads.for_task(task)
-        counts[f"head_{task}"] = mlp_parameter_count(
-            plan.head_in_dims[task], h.mlp_dims, activation=h.activation, use_bn=h.use_bn, out_dim=1
-        )
     counts["dense_total"] = sum(v for k, v in counts.items() if k != "embedding")
     counts["total"] = counts["dense_total"] + counts["embedding"]
     return counts

@@ -104,6 +104,38 @@ class EmbeddingOutput:
         return torch.cat([self.emb_concat, self.values.to(self.emb_concat.dtype)], dim=1)
 
 
+def _check_arguments(
+    fields: list[str],
+    vocab_sizes: dict[str, int],
+    dims: dict[str, int],
+    mode: str,
+    weight_channel: str,
+    linear_terms: int,
+) -> None:
+    """Raise ValueError on a constructor argument :class:`FusedFieldEmbedding` cannot use."""
+    if mode not in ("mean", "sum"):
+        raise ValueError(f"embedding mode must be 'mean' or 'sum' (got {mode!r})")
+    if weight_channel not in ("none", "scale", "dense"):
+        raise ValueError(
+            f"embedding weight_channel must be 'none', 'scale' or 'dense' (got {weight_channel!r})"
+        )
+    if weight_channel == "scale" and mode != "mean":
+        raise ValueError("embedding weight_channel 'scale' needs mode 'mean'")
+    if not fields:
+        raise ValueError("the model needs at least one field")
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"field names must be unique (got {fields})")
+    for name in fields:
+        if name not in vocab_sizes:
+            raise ValueError(f"no vocabulary size for field {name!r}")
+        if int(vocab_sizes[name]) < 1:
+            raise ValueError(f"vocabulary size of {name!r} must be >= 1 (index 0 = padding)")
+        if name not in dims or int(dims[name]) < 1:
+            raise ValueError(f"no positive embedding dim for field {name!r}")
+    if linear_terms < 1:
+        raise ValueError(f"linear_terms must be >= 1 (got {linear_terms})")
+
+
 class FusedFieldEmbedding(nn.Module):
     """All fields' embedding bags (vectors + first-order weights) as two fused tables.
 
@@ -133,31 +165,11 @@ class FusedFieldEmbedding(nn.Module):
         linear_terms: int = 1,
     ) -> None:
         super().__init__()
-        if mode not in ("mean", "sum"):
-            raise ValueError(f"embedding mode must be 'mean' or 'sum' (got {mode!r})")
-        if weight_channel not in ("none", "scale", "dense"):
-            raise ValueError(
-                "embedding weight_channel must be 'none', 'scale' or 'dense' "
-                f"(got {weight_channel!r})"
-            )
-        if weight_channel == "scale" and mode != "mean":
-            raise ValueError("embedding weight_channel 'scale' needs mode 'mean'")
+        fields = [*skeleton_fields, *common_fields]
+        _check_arguments(fields, vocab_sizes, dims, mode, weight_channel, linear_terms)
         self.skeleton_fields = list(skeleton_fields)
         self.common_fields = list(common_fields)
-        self.fields = self.skeleton_fields + self.common_fields
-        if not self.fields:
-            raise ValueError("the model needs at least one field")
-        if len(set(self.fields)) != len(self.fields):
-            raise ValueError(f"field names must be unique (got {self.fields})")
-        for name in self.fields:
-            if name not in vocab_sizes:
-                raise ValueError(f"no vocabulary size for field {name!r}")
-            if int(vocab_sizes[name]) < 1:
-                raise ValueError(f"vocabulary size of {name!r} must be >= 1 (index 0 = padding)")
-            if name not in dims or int(dims[name]) < 1:
-                raise ValueError(f"no positive embedding dim for field {name!r}")
-        if linear_terms < 1:
-            raise ValueError(f"linear_terms must be >= 1 (got {linear_terms})")
+        self.fields = fields
         self.mode = mode
         self.weight_channel = weight_channel
         self.linear_terms = int(linear_terms)
@@ -172,6 +184,21 @@ class FusedFieldEmbedding(nn.Module):
 
         self.skeleton_table = self._make_table(self.skeleton_fields)
         self.common_table = self._make_table(self.common_fields)
+        self._register_layout()
+        # First-order coefficient of each field's value (weight_channel "dense"); a dense
+        # parameter, so the dense optimiser trains it.
+        self.value_coef = (
+            nn.Parameter(torch.zeros(self.num_fields, self.linear_terms))
+            if weight_channel == "dense"
+            else None
+        )  # [F, L]
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------ construction
+
+    def _register_layout(self) -> None:
+        """Non-persistent index buffers: per-side row offsets, the [F, D] dim mask and the
+        gather index of ``emb_concat`` into the flattened [F * D]."""
         self.register_buffer(
             "sk_row_offset", self._row_offsets(self.skeleton_fields), persistent=False
         )
@@ -186,16 +213,6 @@ class FusedFieldEmbedding(nn.Module):
         self.register_buffer(
             "concat_index", torch.tensor(cols, dtype=torch.long), persistent=False
         )  # [sum d_f] into the flattened [F * D]
-        # First-order coefficient of each field's value (weight_channel "dense"); a dense
-        # parameter, so the dense optimiser trains it.
-        self.value_coef = (
-            nn.Parameter(torch.zeros(self.num_fields, self.linear_terms))
-            if weight_channel == "dense"
-            else None
-        )  # [F, L]
-        self.reset_parameters()
-
-    # ------------------------------------------------------------------------------ construction
 
     def _make_table(self, fields: list[str]) -> nn.Parameter | None:
         if not fields:
@@ -335,28 +352,6 @@ class FusedFieldEmbedding(nn.Module):
             linear_terms=linear,
             values=values,
         )
-
-    @torch.no_grad()
-    def check_batch(self, batch: BatchLike) -> None:
-        """Raise ValueError when a batch's field positions or ids are out of range (debug aid;
-        synchronises with the device, so not for the training hot path)."""
-        for side, fields, ids, sizes in (
-            ("skeleton", batch.sk_fields, batch.sk_ids, self.skeleton_fields),
-            ("common", batch.cm_fields, batch.cm_ids, self.common_fields),
-        ):
-            if fields.numel() == 0:
-                continue
-            if int(fields.min()) < 0 or int(fields.max()) >= len(sizes):
-                raise ValueError(f"{side} field positions outside [0, {len(sizes)})")
-            limit = torch.tensor([self.vocab_sizes[f] for f in sizes], device=ids.device)
-            bad = (ids < 0) | (ids >= limit[fields])
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                name = sizes[int(fields[i])]
-                raise ValueError(
-                    f"{side} id {int(ids[i])} of field {name!r} outside its vocabulary "
-                    f"[0, {self.vocab_sizes[name]})"
-                )
 
     def extra_repr(self) -> str:
         return (

@@ -1,8 +1,7 @@
 """Multi-layer perceptrons: the one builder every dense block of the model uses.
 
 A hidden layer is ``Linear -> [BatchNorm1d] -> activation -> [Dropout]``; an optional output layer
-is a bare ``Linear`` (no normalisation, activation or dropout). :func:`mlp_parameter_count` gives
-the closed-form parameter count of the same construction, used to check built modules.
+is a bare ``Linear`` (no normalisation, activation or dropout).
 """
 
 from __future__ import annotations
@@ -29,10 +28,6 @@ def make_activation(name: str) -> nn.Module:
     if name == "leaky_relu":
         return nn.LeakyReLU(0.01)
     raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
-
-
-def _activation_params(name: str) -> int:
-    return 1 if name == "prelu" else 0
 
 
 class MLP(nn.Sequential):
@@ -87,34 +82,3 @@ class MLP(nn.Sequential):
             if isinstance(layer, nn.Linear):
                 return layer
         return None
-
-
-def linear_parameter_count(in_dim: int, out_dim: int, bias: bool = True) -> int:
-    """``Linear(i -> o)`` has ``i*o + o`` parameters (with bias)."""
-    return in_dim * out_dim + (out_dim if bias else 0)
-
-
-def mlp_parameter_count(
-    in_dim: int,
-    hidden_dims: Sequence[int] = (),
-    *,
-    activation: str = "relu",
-    use_bn: bool = False,
-    out_dim: int | None = None,
-) -> int:
-    """Closed-form parameter count of :class:`MLP` with the same arguments.
-
-    Per hidden layer: Linear ``i*h + h``, BatchNorm1d ``2h`` (weight and bias; running stats are
-    buffers), PReLU ``1``. Output layer: ``last*out + out``.
-    """
-    total = 0
-    width = int(in_dim)
-    for h in hidden_dims:
-        total += linear_parameter_count(width, int(h))
-        if use_bn:
-            total += 2 * int(h)
-        total += _activation_params(activation)
-        width = int(h)
-    if out_dim is not None:
-        total += linear_parameter_count(width, int(out_dim))
-    return total

@@ -336,6 +336,32 @@ def _figures_section(figures: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _sections(
+    figures: Mapping[str, Figure | bytes] | None,
+    params: Mapping[str, Any] | None,
+    data_summary: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any],
+    previous_metrics: Mapping[str, Any] | None,
+) -> list[tuple[str, str, str]]:
+    """The page's sections in order, as (anchor id, heading, HTML content)."""
+    sections = [("metrics", "Metrics", _metric_cards(metrics) + _metrics_table(metrics))]
+    if previous_metrics:
+        comparison = _comparison_table(metrics, previous_metrics)
+        sections.append(("comparison", "Comparison with the previous run", comparison))
+    sections.append(("figures", "Figures", _figures_section(figures or {})))
+    data_html = (
+        render_value(data_summary) if data_summary else '<p class="muted">No data summary.</p>'
+    )
+    sections.append(("data", "Data summary", data_html))
+    params_html = (
+        f"<details><summary>Show parameters</summary><pre>{_e(_params_text(params))}</pre></details>"
+        if params
+        else '<p class="muted">No parameters.</p>'
+    )
+    sections.append(("parameters", "Parameters", params_html))
+    return sections
+
+
 def render_report(
     figures: Mapping[str, Figure | bytes],
     params: Mapping[str, Any] | None,
@@ -353,31 +379,7 @@ def render_report(
     closed: the caller owns them.
     """
     metrics = metrics or {}
-    sections: list[tuple[str, str, str]] = []
-    sections.append(("metrics", "Metrics", _metric_cards(metrics) + _metrics_table(metrics)))
-    if previous_metrics:
-        sections.append(
-            (
-                "comparison",
-                "Comparison with the previous run",
-                _comparison_table(metrics, previous_metrics),
-            )
-        )
-    sections.append(("figures", "Figures", _figures_section(figures or {})))
-    sections.append(
-        (
-            "data",
-            "Data summary",
-            render_value(data_summary) if data_summary else '<p class="muted">No data summary.</p>',
-        )
-    )
-    params_html = (
-        f"<details><summary>Show parameters</summary><pre>{_e(_params_text(params))}</pre></details>"
-        if params
-        else '<p class="muted">No parameters.</p>'
-    )
-    sections.append(("parameters", "Parameters", params_html))
-
+    sections = _sections(figures, params, data_summary, metrics, previous_metrics)
     subtitle_bits = [
         f"{label}: {_e(metrics[k])}"
         for k, label in (("split", "split"), ("checkpoint", "checkpoint"))

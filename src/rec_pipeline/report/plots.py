@@ -3,7 +3,9 @@
 Inputs are plain data:
 
 * ``history``: long-format ``pandas.DataFrame`` with columns ``step``, ``kind``
-  (``"train" | "valid" | "health" | "grad"``), ``name`` and ``value``;
+  (``"train" | "valid" | "health" | "grad"``), ``name`` and ``value``, and optionally ``task``,
+  ``expert`` and ``other_task`` (the diagnostics' structure: ``gate_weight`` per task and expert,
+  ``grad_cos`` per task and other_task), by which the figures select their series;
 * ``metrics``: the dict of :func:`rec_pipeline.metrics.evaluate.compute_metrics` (plus ``split``
   and ``checkpoint``);
 * ``predictions``: ``pandas.DataFrame`` with ``click``, ``conversion``, ``p_ctr``, ``p_cvr`` and
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("ctr", "cvr", "ctcvr")
 _HISTORY_COLUMNS = ("step", "kind", "name", "value")
-_GATE_RE = re.compile(r"^gate_(?P<task>.+)_e(?P<expert>\d+)$")
+_STRUCTURE_COLUMNS = ("task", "expert", "other_task")
 _PANEL_W, _PANEL_H = 5.6, 3.4
 
 
@@ -89,39 +90,78 @@ def _note(ax: Axes, message: str) -> None:
 
 
 def _clean_history(history: pd.DataFrame | None) -> pd.DataFrame:
-    """History restricted to well-formed rows (numeric step and value, string kind and name)."""
-    if history is None or not isinstance(history, pd.DataFrame):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in _HISTORY_COLUMNS})
-    if any(c not in history.columns for c in _HISTORY_COLUMNS) or history.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in _HISTORY_COLUMNS})
-    h = history.loc[:, list(_HISTORY_COLUMNS)].copy()
+    """History restricted to well-formed rows (numeric step and value, string kind and name),
+    with the structure columns present (empty where the input has none)."""
+    columns = (*_HISTORY_COLUMNS, *_STRUCTURE_COLUMNS)
+    if (
+        not isinstance(history, pd.DataFrame)
+        or history.empty
+        or any(c not in history.columns for c in _HISTORY_COLUMNS)
+    ):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    h = history.copy()
+    for c in _STRUCTURE_COLUMNS:
+        if c not in h.columns:
+            h[c] = None
+    h = h.loc[:, list(columns)]
     h["step"] = pd.to_numeric(h["step"], errors="coerce")
     h["value"] = pd.to_numeric(h["value"], errors="coerce")
-    h["kind"] = h["kind"].astype(str)
-    h["name"] = h["name"].astype(str)
+    h["expert"] = pd.to_numeric(h["expert"], errors="coerce")
+    for c in ("kind", "name"):
+        h[c] = h[c].astype(str)
+    for c in ("task", "other_task"):
+        labels = [None if pd.isna(v) else str(v) for v in h[c]]
+        h[c] = pd.Series(labels, index=h.index, dtype=object)
     h = h[
         np.isfinite(h["step"].to_numpy(dtype=float)) & np.isfinite(h["value"].to_numpy(dtype=float))
     ]
     return h.sort_values("step", kind="stable")
 
 
+#: A series' key beyond (kind, name): (task, expert, other_task), None where not set.
+_Key = tuple[str | None, int | None, str | None]
+
+
 class _History:
-    """Fast access to the series of a cleaned long-format history."""
+    """Fast access to the series of a cleaned long-format history, by kind, name and structure."""
 
     def __init__(self, history: pd.DataFrame | None) -> None:
         h = _clean_history(history)
-        self._series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        for (kind, name), g in h.groupby(["kind", "name"], sort=False):
-            self._series[(kind, name)] = (
+        self._series: dict[tuple[str, str, _Key], tuple[np.ndarray, np.ndarray]] = {}
+        keys = ["kind", "name", *_STRUCTURE_COLUMNS]
+        for (kind, name, task, expert, other), g in h.groupby(keys, sort=False, dropna=False):
+            key = (
+                None if pd.isna(task) else task,
+                None if pd.isna(expert) else int(expert),
+                None if pd.isna(other) else other,
+            )
+            self._series[(kind, name, key)] = (
                 g["step"].to_numpy(dtype=float),
                 g["value"].to_numpy(dtype=float),
             )
 
     def names(self, kind: str) -> list[str]:
-        return sorted(n for k, n in self._series if k == kind)
+        return sorted({n for k, n, _ in self._series if k == kind})
 
-    def get(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        return self._series.get((kind, name))
+    def get(
+        self,
+        kind: str,
+        name: str,
+        task: str | None = None,
+        expert: int | None = None,
+        other_task: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._series.get((kind, name, (task, expert, other_task)))
+
+    def keys(self, kind: str, name: str) -> list[_Key]:
+        """The (task, expert, other_task) keys of ``name``'s series, sorted."""
+        found = [key for k, n, key in self._series if k == kind and n == name]
+        return sorted(
+            found, key=lambda key: (key[0] or "", -1 if key[1] is None else key[1], key[2] or "")
+        )
+
+    def tasks(self, kind: str, name: str) -> list[str]:
+        return sorted({key[0] for key in self.keys(kind, name) if key[0] is not None})
 
     def matching(self, kind: str, pred: Callable[[str], bool]) -> list[str]:
         return [n for n in self.names(kind) if pred(n)]
@@ -158,24 +198,30 @@ def _maybe_log_y(ax: Axes, arrays: Iterable[np.ndarray]) -> None:
         ax.set_yscale("log")
 
 
+#: One line of a panel: (label, steps, values).
+_Series = tuple[str, np.ndarray, np.ndarray]
+
+
+def _named(
+    hist: _History, kind: str, names: list[str], label: Callable[[str], str] = str
+) -> list[_Series]:
+    """The plain (unstructured) series of ``names``, labelled by ``label(name)``."""
+    found = ((name, hist.get(kind, name)) for name in names)
+    return [(label(name), s[0], s[1]) for name, s in found if s is not None]
+
+
 def _lines_panel(
     ax: Axes,
-    hist: _History,
-    kind: str,
-    names: list[str],
+    series: list[_Series],
     title: str,
     ylabel: str = "",
     smooth: bool = False,
     log_y: bool | None = None,
-    label: Callable[[str], str] = str,
 ) -> None:
     arrays = []
-    for name in names:
-        s = hist.get(kind, name)
-        if s is None:
-            continue
-        _plot_series(ax, s[0], s[1], label(name), smooth=smooth)
-        arrays.append(s[1])
+    for label, steps, values in series:
+        _plot_series(ax, steps, values, label, smooth=smooth)
+        arrays.append(values)
     ax.set_title(title)
     ax.set_xlabel("step")
     if ylabel:
@@ -185,8 +231,18 @@ def _lines_panel(
     elif log_y and arrays and all(np.all(a > 0) for a in arrays):
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    if len(names) > 1 or (names and label(names[0]) != title):
+    if len(series) > 1 or (series and series[0][0] != title):
         ax.legend(fontsize=8, loc="best")
+
+
+def _per_task(hist: _History, kind: str, name: str, label: str = "{task}") -> list[_Series]:
+    """The series of ``name`` per task (and other_task), labelled by ``label``."""
+    out = []
+    for task, expert, other in hist.keys(kind, name):
+        s = hist.get(kind, name, task, expert, other)
+        if s is not None and task is not None:
+            out.append((label.format(task=task, other=other), s[0], s[1]))
+    return out
 
 
 def _strip(prefix: str) -> Callable[[str], str]:
@@ -225,7 +281,8 @@ def training_curves(history: pd.DataFrame | None) -> Figure:
         return _note_figure("Training curves", "no training history")
     fig, axes = _new_figure(len(panels), 2, "Training curves")
     for ax, (title, names, opts) in zip(axes, panels, strict=True):
-        _lines_panel(ax, h, "train", names, title, **opts)
+        label = opts.pop("label", str)
+        _lines_panel(ax, _named(h, "train", names, label), title, **opts)
     return fig
 
 
@@ -243,7 +300,7 @@ def validation_auc(history: pd.DataFrame | None) -> Figure:
     it = iter(axes)
     if primary:
         ax = next(it)
-        _lines_panel(ax, h, "valid", primary, "auc_primary", log_y=False)
+        _lines_panel(ax, _named(h, "valid", primary), "auc_primary", log_y=False)
         steps, values = h.get("valid", "auc_primary")  # type: ignore[misc]
         i = int(np.argmax(values))
         ax.scatter([steps[i]], [values[i]], s=90, marker="*", color="black", zorder=5)
@@ -255,55 +312,48 @@ def validation_auc(history: pd.DataFrame | None) -> Figure:
             fontsize=8,
         )
     if aucs:
-        _lines_panel(next(it), h, "valid", aucs, "AUC per task", label=_strip("auc_"), log_y=False)
+        series = _named(h, "valid", aucs, _strip("auc_"))
+        _lines_panel(next(it), series, "AUC per task", log_y=False)
     if losses:
-        _lines_panel(next(it), h, "valid", losses, "log loss", label=_strip("logloss_"))
+        _lines_panel(next(it), _named(h, "valid", losses, _strip("logloss_")), "log loss")
     if gaps:
         ax = next(it)
-        _lines_panel(
-            ax, h, "valid", gaps, "oracle AUC gap", label=_strip("oracle_gap_"), log_y=False
-        )
+        series = _named(h, "valid", gaps, _strip("oracle_gap_"))
+        _lines_panel(ax, series, "oracle AUC gap", log_y=False)
         ax.axhline(0.0, color="0.5", linewidth=0.8)
     return fig
+
+
+def _gate_weight_panel(ax: Axes, h: _History, task: str) -> int:
+    """Mean gate weight of each expert of ``task`` over steps; returns the number of experts."""
+    experts = sorted(
+        e for t, e, _ in h.keys("health", "gate_weight") if t == task and e is not None
+    )
+    series = []
+    for e in experts:
+        steps, values = h.get("health", "gate_weight", task, e)  # type: ignore[misc]
+        series.append((f"e{e}", steps, values))
+    _lines_panel(ax, series, f"gate weights: {task}", ylabel="mean gate weight", log_y=False)
+    ax.axhline(1.0 / len(experts), color="0.5", linestyle="--", linewidth=0.8)
+    ax.set_ylim(bottom=0.0)
+    return len(experts)
 
 
 def gate_plots(history: pd.DataFrame | None) -> Figure:
     """MMoE gate weight per task and expert over steps, gate entropy and dead experts."""
     h = _History(history)
-    gates: dict[str, list[tuple[int, str]]] = {}
-    for name in h.names("health"):
-        m = _GATE_RE.match(name)
-        if m and not name.startswith("gate_entropy_"):
-            gates.setdefault(m.group("task"), []).append((int(m.group("expert")), name))
-    entropies = h.matching("health", lambda n: n.startswith("gate_entropy_"))
-    dead = h.matching("health", lambda n: n.startswith("dead_experts_"))
-    n_panels = len(gates) + bool(entropies) + bool(dead)
+    tasks = h.tasks("health", "gate_weight")
+    entropies = _per_task(h, "health", "gate_entropy")
+    dead = _per_task(h, "health", "dead_experts")
+    n_panels = len(tasks) + bool(entropies) + bool(dead)
     if n_panels == 0:
         return _note_figure("MMoE gates", "no gate statistics in the history")
     fig, axes = _new_figure(n_panels, 2, "MMoE gates")
     it = iter(axes)
-    n_experts = 0
-    for task in sorted(gates):
-        experts = sorted(gates[task])
-        n_experts = max(n_experts, len(experts))
-        ax = next(it)
-        _lines_panel(
-            ax,
-            h,
-            "health",
-            [n for _, n in experts],
-            f"gate weights: {task}",
-            ylabel="mean gate weight",
-            log_y=False,
-            label=lambda n: f"e{_GATE_RE.match(n).group('expert')}",  # type: ignore[union-attr]
-        )
-        ax.axhline(1.0 / len(experts), color="0.5", linestyle="--", linewidth=0.8)
-        ax.set_ylim(bottom=0.0)
+    n_experts = max((_gate_weight_panel(next(it), h, task) for task in tasks), default=0)
     if entropies:
         ax = next(it)
-        _lines_panel(
-            ax, h, "health", entropies, "gate entropy", label=_strip("gate_entropy_"), log_y=False
-        )
+        _lines_panel(ax, entropies, "gate entropy", log_y=False)
         if n_experts > 1:
             ax.axhline(math.log(n_experts), color="0.5", linestyle="--", linewidth=0.8)
             ax.text(
@@ -316,108 +366,77 @@ def gate_plots(history: pd.DataFrame | None) -> Figure:
                 color="0.4",
             )
     if dead:
-        _lines_panel(
-            next(it), h, "health", dead, "dead experts", label=_strip("dead_experts_"), log_y=False
-        )
+        _lines_panel(next(it), dead, "dead experts", log_y=False)
     return fig
 
 
 def grad_diagnostics(history: pd.DataFrame | None) -> Figure:
     """Per-task gradient norms on the shared parameters and the cosine between task gradients."""
     h = _History(history)
-    norms = h.matching("grad", lambda n: n.startswith("grad_norm"))
-    coss = h.matching("grad", lambda n: n.startswith("grad_cos"))
+    norms = _per_task(h, "grad", "grad_norm")
+    coss = _per_task(h, "grad", "grad_cos", "{task} vs {other}")
     panels = [p for p in (norms, coss) if p]
     if not panels:
         return _note_figure("Gradient diagnostics", "no gradient diagnostics in the history")
     fig, axes = _new_figure(len(panels), 2, "Gradient diagnostics")
     it = iter(axes)
     if norms:
-        _lines_panel(
-            next(it), h, "grad", norms, "gradient norm", label=_strip("grad_norm_"), log_y=True
-        )
+        _lines_panel(next(it), norms, "gradient norm", log_y=True)
     if coss:
         ax = next(it)
-        _lines_panel(
-            ax,
-            h,
-            "grad",
-            coss,
-            "gradient cosine",
-            label=_strip("grad_cos_"),
-            smooth=True,
-            log_y=False,
-        )
+        _lines_panel(ax, coss, "gradient cosine", smooth=True, log_y=False)
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_ylim(-1.05, 1.05)
     return fig
 
 
+def _logit_panel(ax: Axes, h: _History, tasks: list[str]) -> None:
+    """Logit mean per task with a ± std band (a std alone is drawn dotted)."""
+    for task in tasks:
+        mean = h.get("health", "logit_mean", task)
+        std = h.get("health", "logit_std", task)
+        if mean is not None:
+            (line,) = ax.plot(mean[0], mean[1], label=task)
+            if std is not None and np.array_equal(std[0], mean[0]):
+                ax.fill_between(
+                    mean[0], mean[1] - std[1], mean[1] + std[1], alpha=0.2, color=line.get_color()
+                )
+        elif std is not None:
+            ax.plot(std[0], std[1], linestyle=":", label=f"{task} std")
+    ax.set_title("logits (mean ± std)")
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _rates_panel(ax: Axes, probs: list[_Series], rates: list[_Series]) -> None:
+    """Mean predicted probability (solid) against the batch's positive rate (dashed) per task."""
+    for label, steps, values in probs:
+        ax.plot(steps, values, label=f"pred {label}")
+    for label, steps, values in rates:
+        ax.plot(steps, values, linestyle="--", label=f"rate {label}")
+    _maybe_log_y(ax, [values for _, _, values in probs + rates])
+    ax.set_title("mean prediction vs positive rate")
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def health_plots(history: pd.DataFrame | None) -> Figure:
     """Logit mean ± std per task, mean predicted probability and positive rates."""
     h = _History(history)
-    logit_tasks = sorted(
-        {
-            n[len("logit_") : -len("_mean")]
-            for n in h.names("health")
-            if re.match(r"^logit_.+_mean$", n)
-        }
-        | {
-            n[len("logit_") : -len("_std")]
-            for n in h.names("health")
-            if re.match(r"^logit_.+_std$", n)
-        }
-    )
-    probs = h.matching("health", lambda n: n.startswith("prob_") and n.endswith("_mean"))
-    rates = h.matching("health", lambda n: n.startswith("pos_rate_"))
+    logit_tasks = sorted({*h.tasks("health", "logit_mean"), *h.tasks("health", "logit_std")})
+    probs = _per_task(h, "health", "prob_mean")
+    rates = _per_task(h, "health", "pos_rate")
     n_panels = bool(logit_tasks) + bool(probs or rates)
     if n_panels == 0:
         return _note_figure("Model health", "no health statistics in the history")
     fig, axes = _new_figure(n_panels, 2, "Model health")
     it = iter(axes)
     if logit_tasks:
-        ax = next(it)
-        for task in logit_tasks:
-            mean = h.get("health", f"logit_{task}_mean")
-            std = h.get("health", f"logit_{task}_std")
-            if mean is not None:
-                (line,) = ax.plot(mean[0], mean[1], label=task)
-                if (
-                    std is not None
-                    and std[0].size == mean[0].size
-                    and np.array_equal(std[0], mean[0])
-                ):
-                    ax.fill_between(
-                        mean[0],
-                        mean[1] - std[1],
-                        mean[1] + std[1],
-                        alpha=0.2,
-                        color=line.get_color(),
-                    )
-            elif std is not None:
-                ax.plot(std[0], std[1], linestyle=":", label=f"{task} std")
-        ax.set_title("logits (mean ± std)")
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        _logit_panel(next(it), h, logit_tasks)
     if probs or rates:
-        ax = next(it)
-        arrays = []
-        for name in probs:
-            s = h.get("health", name)
-            if s is not None:
-                ax.plot(s[0], s[1], label=f"pred {name[len('prob_') : -len('_mean')]}")
-                arrays.append(s[1])
-        for name in rates:
-            s = h.get("health", name)
-            if s is not None:
-                ax.plot(s[0], s[1], linestyle="--", label=f"rate {name[len('pos_rate_') :]}")
-                arrays.append(s[1])
-        _maybe_log_y(ax, arrays)
-        ax.set_title("mean prediction vs positive rate")
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        _rates_panel(next(it), probs, rates)
     return fig
 
 

@@ -1,6 +1,7 @@
 """Training diagnostics: per-task gradient conflict on the shared parameters, and model health.
 
-Notation: B batch rows, E experts.
+Both return history rows ``{"name", "value"}`` plus the structure as columns (``task``,
+``expert``, ``other_task``) rather than in the name. Notation: B batch rows, E experts.
 """
 
 from __future__ import annotations
@@ -31,41 +32,51 @@ def task_losses_for_diagnostics(components: Mapping[str, Tensor], cfg: Config) -
     return {t: components[f"loss_{t}"] for t in cfg.model.tasks if f"loss_{t}" in components}
 
 
-def task_gradient_stats(model: Any, task_losses: Mapping[str, Tensor]) -> dict[str, float]:
+def _rows(meta: list[dict[str, Any]], values: list[Tensor]) -> list[dict[str, Any]]:
+    """History rows: each ``meta`` dict with its value (one device synchronisation for all)."""
+    if not values:
+        return []
+    host = torch.stack(values).cpu().tolist()
+    return [{**m, "value": v} for m, v in zip(meta, host, strict=True)]
+
+
+def _flat_grads(loss: Tensor, params: list[Tensor]) -> Tensor:
+    """``d loss / d params`` flattened to one fp32 vector (a parameter not reached counts 0)."""
+    if not loss.requires_grad:
+        return torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1).float()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def task_gradient_stats(model: Any, task_losses: Mapping[str, Tensor]) -> list[dict[str, Any]]:
     """Gradient norm of each task's loss over ``model.shared_parameters()`` and pairwise cosines.
 
-    Returns ``grad_norm_{task}`` and ``grad_cos_{a}_{b}`` (pairs in ``task_losses`` order). Uses
-    ``torch.autograd.grad(..., retain_graph=True)``: parameters' ``.grad`` are untouched and the
-    graph survives for the training ``backward()`` that follows. A parameter a loss does not
-    reach counts as a zero gradient; the cosine with a zero gradient is reported as 0.
+    Rows ``{"name": "grad_norm", "task"}`` per task and ``{"name": "grad_cos", "task",
+    "other_task"}`` per pair (pairs in ``task_losses`` order). Uses ``torch.autograd.grad(...,
+    retain_graph=True)``: parameters' ``.grad`` are untouched and the graph survives for the
+    training ``backward()`` that follows. The cosine with a zero gradient is reported as 0.
     """
     params = [p for p in model.shared_parameters() if p.requires_grad]
     if not params:
-        return {}
-    flat: dict[str, Tensor] = {}
-    for task, loss in task_losses.items():
-        if not loss.requires_grad:
-            flat[task] = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-            continue
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        flat[task] = torch.cat(
-            [
-                (torch.zeros_like(p) if g is None else g).reshape(-1).float()
-                for g, p in zip(grads, params, strict=True)
-            ]
-        )
-    names: list[str] = []
+        return []
+    flat = {task: _flat_grads(loss, params) for task, loss in task_losses.items()}
+    meta: list[dict[str, Any]] = []
     values: list[Tensor] = []
     norms = {t: v.norm() for t, v in flat.items()}
     for task in flat:
-        names.append(f"grad_norm_{task}")
+        meta.append({"name": "grad_norm", "task": task})
         values.append(norms[task])
     for a, b in itertools.combinations(flat, 2):
         denom = norms[a] * norms[b]
         cos = torch.where(denom > 0, (flat[a] @ flat[b]) / denom.clamp(min=1e-30), denom * 0)
-        names.append(f"grad_cos_{a}_{b}")
+        meta.append({"name": "grad_cos", "task": a, "other_task": b})
         values.append(cos)
-    return dict(zip(names, torch.stack(values).cpu().tolist(), strict=True))
+    return _rows(meta, values)
 
 
 @torch.no_grad()
@@ -75,42 +86,41 @@ def health_metrics(
     conversion: Tensor,
     *,
     dead_fraction: float = DEAD_EXPERT_FRACTION,
-) -> dict[str, float]:
-    """Model health statistics of one batch (one device synchronisation).
+) -> list[dict[str, Any]]:
+    """Model health statistics of one batch as history rows (one device synchronisation).
 
-    gate_{task}_e{i}: batch-mean gate weight of expert i.
-    gate_entropy_{task}: batch-mean entropy (nats) of the gate distribution; ln E is uniform.
-    dead_experts_{task}: number of experts whose batch-mean weight is below
+    gate_weight (task, expert): batch-mean gate weight of the expert.
+    gate_entropy (task): batch-mean entropy (nats) of the gate distribution; ln E is uniform.
+    dead_experts (task): number of experts whose batch-mean weight is below
         ``dead_fraction / E`` (a tenth of the uniform share by default).
-    logit_{task}_mean / logit_{task}_std, prob_{task}_mean: over the batch.
-    prob_ctcvr_mean: batch mean of p_ctr * p_cvr (when both tasks exist).
-    pos_rate_click, pos_rate_conversion: label rates of the batch.
+    logit_mean / logit_std, prob_mean (task): over the batch; prob_mean of ``ctcvr`` is the mean
+        of p_ctr * p_cvr (when both tasks exist).
+    pos_rate (task): label rate of the batch, click for ``ctr``, conversion for ``ctcvr``.
     """
-    names: list[str] = []
+    meta: list[dict[str, Any]] = []
     values: list[Tensor] = []
 
-    def put(name: str, value: Tensor) -> None:
-        names.append(name)
+    def put(name: str, value: Tensor, task: str, expert: int | None = None) -> None:
+        meta.append({"name": name, "task": task} | ({} if expert is None else {"expert": expert}))
         values.append(value.detach().float().reshape(()))
 
     for task, g in out.gates.items():
         g = g.float()  # [B, E]
         n_exp = g.shape[-1]
-        gbar = g.mean(dim=0)
+        gbar = g.mean(dim=0)  # [E]
         for i in range(n_exp):
-            put(f"gate_{task}_e{i}", gbar[i])
-        ent = -(g * torch.log(g.clamp(min=1e-12))).sum(dim=-1).mean()
-        put(f"gate_entropy_{task}", ent)
-        put(f"dead_experts_{task}", (gbar < dead_fraction / n_exp).sum())
+            put("gate_weight", gbar[i], task, expert=i)
+        put("gate_entropy", -(g * torch.log(g.clamp(min=1e-12))).sum(dim=-1).mean(), task)
+        put("dead_experts", (gbar < dead_fraction / n_exp).sum(), task)
     probs = {}
     for task, logit in out.logits.items():
-        lf = logit.float()
-        put(f"logit_{task}_mean", lf.mean())
-        put(f"logit_{task}_std", lf.std(unbiased=False))
+        lf = logit.float()  # [B]
+        put("logit_mean", lf.mean(), task)
+        put("logit_std", lf.std(unbiased=False), task)
         probs[task] = torch.sigmoid(lf)
-        put(f"prob_{task}_mean", probs[task].mean())
+        put("prob_mean", probs[task].mean(), task)
     if "ctr" in probs and "cvr" in probs:
-        put("prob_ctcvr_mean", (probs["ctr"] * probs["cvr"]).mean())
-    put("pos_rate_click", click.float().mean())
-    put("pos_rate_conversion", conversion.float().mean())
-    return dict(zip(names, torch.stack(values).cpu().tolist(), strict=True))
+        put("prob_mean", (probs["ctr"] * probs["cvr"]).mean(), "ctcvr")
+    put("pos_rate", click.float().mean(), "ctr")
+    put("pos_rate", conversion.float().mean(), "ctcvr")
+    return _rows(meta, values)

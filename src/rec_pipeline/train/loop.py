@@ -20,14 +20,21 @@ from tqdm.auto import tqdm
 
 from rec_pipeline.config import Config, load_config
 from rec_pipeline.data.batches import SplitData
-from rec_pipeline.metrics.evaluate import compute_metrics, flat_metrics
+from rec_pipeline.metrics.evaluate import flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
 from rec_pipeline.train.diagnostics import (
     health_metrics,
     task_gradient_stats,
     task_losses_for_diagnostics,
 )
-from rec_pipeline.train.inference import autocast, fit_calibration, predict, summarise
+from rec_pipeline.train.evaluation import (
+    Correction,
+    evaluate_model,
+    fit_calibration,
+    predict,
+    summarise,
+)
+from rec_pipeline.train.inference import autocast
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
 from rec_pipeline.train.schedules import (
@@ -76,9 +83,13 @@ def model_meta_from_metadata(metadata: dict) -> ModelMeta:
     )
 
 
+#: Columns of the training history; task / expert / other_task are empty where they do not apply.
+HISTORY_COLUMNS = ["step", "kind", "name", "task", "expert", "other_task", "value"]
+
+
 @dataclass
 class History:
-    """Long-format metric history: (step, kind, name, value) rows."""
+    """Long-format metric history: one row per (step, kind, name[, task, expert, other_task])."""
 
     rows: list[dict] = field(default_factory=list)
 
@@ -88,8 +99,15 @@ class History:
                 continue
             self.rows.append({"step": int(step), "kind": kind, "name": name, "value": float(value)})
 
+    def add_rows(self, step: int, kind: str, rows: list[dict]) -> None:
+        """Rows with their own ``name``, ``value`` and optional task / expert / other_task."""
+        for row in rows:
+            self.rows.append({**row, "step": int(step), "kind": kind, "value": float(row["value"])})
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["step", "kind", "name", "value"])
+        frame = pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+        frame["expert"] = frame["expert"].astype("Int64")
+        return frame
 
 
 @dataclass
@@ -309,10 +327,10 @@ class Trainer:
             stats = task_gradient_stats(
                 self.model, task_losses_for_diagnostics(res.components, cfg)
             )
-            self.history.add(self.step, "grad", stats)
+            self.history.add_rows(self.step, "grad", stats)
         if rt.log_health_metrics and (self.step + 1) % rt.log_every == 0:
             with torch.no_grad():
-                self.history.add(
+                self.history.add_rows(
                     self.step + 1, "health", health_metrics(out, batch.click, batch.conversion)
                 )
         self.opt.zero_grad()
@@ -356,17 +374,16 @@ class Trainer:
     def _validate(self) -> None:
         if self.valid_data is None or len(self.valid_data) == 0:
             return
-        p_ctr, p_cvr, click, conversion = self._predict_valid()
-        metrics = compute_metrics(
-            click,
-            conversion,
-            p_ctr,
-            p_cvr,
+        result = evaluate_model(
+            self.model,
+            self.valid_data,
+            batch_size=self._valid_batch_size(),
             esmm=self.cfg.use_esmm,
-            keep_prob=self.keep_prob,
-            ctr_pos_weight=self._ctr_pos_weight(),
+            correction=Correction(self.keep_prob, self._ctr_pos_weight()),
             n_bins=self.cfg.evaluation.calibration_bins,
+            max_batches=self.cfg.runtime.max_valid_steps,
         )
+        metrics = result.metrics
         flat = flat_metrics(metrics)
         self.history.add(self.step, "valid", flat)
         log.info("valid @ step %d: %s", self.step, summarise(metrics))
@@ -378,30 +395,24 @@ class Trainer:
                 "step": self.step,
                 "metrics": flat,
                 "pos_weight": self.pos_weights.current(self.step),
-                "calibration": fit_calibration(p_ctr, p_cvr, click, conversion),
+                "calibration": fit_calibration(result.outputs),
                 "state_dict": _cpu_state(self.model),
             }
 
-    def _predict_valid(self):
-        """(p_ctr, p_cvr, click, conversion) of the current weights on the validation rows.
-
-        fp32, as auto-eval and evaluation: one checkpoint gives one set of numbers (SPEC §6).
-        """
-        rt = self.cfg.runtime
-        p_ctr, p_cvr, n = predict(
-            self.model,
-            self.valid_data,
-            rt.valid_batch_size or max(self.cfg.data.batch_size, 8192),
-            amp_dtype=None,
-            max_batches=rt.max_valid_steps,
-        )
-        return p_ctr, p_cvr, self.valid_data.click[:n], self.valid_data.conversion[:n]
+    def _valid_batch_size(self) -> int:
+        return self.cfg.runtime.valid_batch_size or max(self.cfg.data.batch_size, 8192)
 
     def _calibration(self) -> dict | None:
         """Platt parameters of the current weights on the validation split (None without one)."""
         if self.valid_data is None or len(self.valid_data) == 0:
             return None
-        return fit_calibration(*self._predict_valid())
+        outputs = predict(
+            self.model,
+            self.valid_data,
+            self._valid_batch_size(),
+            max_batches=self.cfg.runtime.max_valid_steps,
+        )
+        return fit_calibration(outputs)
 
     # ------------------------------------------------------------------------------ result
     def _result(self, elapsed: float, valid_s: float, rows_seen: int) -> TrainResult:

@@ -30,7 +30,6 @@ ESMM_COMPONENTS = (
     "loss_gate_entropy",
     "loss_gate_balance",
 )
-SINGLE_TASK_COMPONENTS = ("loss_ctr", "loss_cvr", "loss_gate_entropy", "loss_gate_balance")
 
 
 @dataclass
@@ -151,6 +150,114 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def _ctcvr_focal(
+    log_p: Tensor, y_conv: Tensor, bce: Tensor, *, step: int, cfg: Config, zero: Tensor
+) -> Tensor:
+    """Mean focal-weighted CTCVR term ``[]``; ``zero`` when disabled or before its warm-up."""
+    focal = cfg.loss.aux_focal
+    if not (focal.enabled and step >= focal.warmup_steps):
+        return zero
+    fw = focal_weight(
+        log_p,
+        y_conv,
+        gamma=focal.gamma,
+        alpha=focal.alpha if focal.use_alpha else None,
+        detach=focal.detach_p_for_weight,
+        dtype=torch.float32 if focal.compute_fp32 else _autocast_dtype(y_conv.device),
+    )
+    return (fw * bce).mean()
+
+
+def esmm_losses(
+    logits: Mapping[str, Tensor],
+    y_click: Tensor,
+    y_conv: Tensor,
+    *,
+    step: int,
+    cfg: Config,
+    pos_weight: Mapping[str, float],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(total, components)`` of the ESMM objective; float labels ``[B]``, logits ``{task: [B]}``.
+
+    See :func:`compute_losses` for each component; ``total`` has no gate terms yet.
+    """
+    esmm = cfg.esmm
+    zero = torch.zeros((), device=y_click.device)
+    l_ctr, l_cvr = logits["ctr"].float(), logits["cvr"].float()
+    pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=y_click.device)
+    comps: dict[str, Tensor] = {}
+    comps["loss_ctr"] = F.binary_cross_entropy_with_logits(l_ctr, y_click, pos_weight=pw_ctr)
+    log_p = ctcvr_log_prob(l_ctr, l_cvr, version=esmm.version, eps=esmm.eps)  # [B]
+    bce = weighted_bce_from_log_prob(log_p, y_conv, float(pos_weight.get("ctcvr", 1.0)))
+    comps["loss_ctcvr_bce"] = bce.mean()
+    comps["loss_ctcvr_focal"] = _ctcvr_focal(log_p, y_conv, bce, step=step, cfg=cfg, zero=zero)
+    comps["loss_ctcvr"] = (
+        comps["loss_ctcvr_bce"] + cfg.loss.aux_focal.lambda_ * comps["loss_ctcvr_focal"]
+    )
+    if esmm.lambda_cvr_aux > 0:
+        per_row = F.binary_cross_entropy_with_logits(l_cvr, y_conv, reduction="none")
+        comps["loss_cvr_aux"] = _masked_mean(per_row, (y_click > 0).float())
+    else:
+        comps["loss_cvr_aux"] = zero
+    total = (
+        esmm.lambda_ctr * comps["loss_ctr"]
+        + esmm.lambda_ctcvr * comps["loss_ctcvr"]
+        + esmm.lambda_cvr_aux * comps["loss_cvr_aux"]
+    )
+    return total, comps
+
+
+def single_task_losses(
+    logits: Mapping[str, Tensor],
+    y_click: Tensor,
+    y_conv: Tensor,
+    *,
+    cfg: Config,
+    pos_weight: Mapping[str, float],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(total, components)`` of independent CTR and CVR losses (no ESMM product).
+
+    A task without a logit has its component 0; only ``model.enabled_heads`` enter ``total``.
+    """
+    enabled = set(cfg.model.enabled_heads)
+    zero = torch.zeros((), device=y_click.device)
+    total = zero
+    comps = {"loss_ctr": zero, "loss_cvr": zero}
+    if "ctr" in logits:
+        pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=y_click.device)
+        comps["loss_ctr"] = F.binary_cross_entropy_with_logits(
+            logits["ctr"].float(), y_click, pos_weight=pw_ctr
+        )
+        if "ctr" in enabled:
+            total = total + cfg.loss.w_ctr * comps["loss_ctr"]
+    if "cvr" in logits:
+        per_row = F.binary_cross_entropy_with_logits(
+            logits["cvr"].float(), y_conv, reduction="none"
+        )
+        comps["loss_cvr"] = _masked_mean(per_row, (y_click > 0).float())
+        if "cvr" in enabled:
+            total = total + cfg.loss.w_cvr * comps["loss_cvr"]
+    return total, comps
+
+
+def add_gate_terms(total: Tensor, out: Any, cfg: Config) -> tuple[Tensor, dict[str, Tensor]]:
+    """``total`` plus the weighted gate regularisers, and their unweighted components.
+
+    Applied only to a training-mode forward with gates (:func:`gate_regularisers`); in eval
+    mode both components are 0 and ``total`` is unchanged.
+    """
+    gs = cfg.model.mmoe.gate_stabilize
+    if not (out.training and out.gates):
+        zero = torch.zeros((), device=total.device)
+        return total, {"loss_gate_entropy": zero, "loss_gate_balance": zero}
+    neg_h, kl = gate_regularisers(out.gates, gs.eps)
+    if gs.entropy_reg_weight > 0:
+        total = total + gs.entropy_reg_weight * neg_h
+    if gs.load_balance_kl_weight > 0:
+        total = total + gs.load_balance_kl_weight * kl
+    return total, {"loss_gate_entropy": neg_h, "loss_gate_balance": kl}
+
+
 def compute_losses(
     out: Any,
     click: Tensor,
@@ -160,7 +267,7 @@ def compute_losses(
     cfg: Config,
     pos_weight: Mapping[str, float],
 ) -> LossResult:
-    """The training objective for one batch.
+    """The training objective for one batch: ESMM or single-task losses, plus gate terms.
 
     Args:
         out: a :class:`~rec_pipeline.model.builder.ModelOutput` (``logits``, ``gates``,
@@ -189,80 +296,17 @@ def compute_losses(
         ``entropy_reg_weight * loss_gate_entropy + load_balance_kl_weight * loss_gate_balance``.
         In eval mode both are 0.
     """
-    logits = out.logits
-    y_click = click.float()
-    y_conv = conversion.float()
-    device = y_click.device
-    zero = torch.zeros((), device=device)
-    comps: dict[str, Tensor] = {}
-    l_ctr = logits["ctr"].float() if "ctr" in logits else None
-    l_cvr = logits["cvr"].float() if "cvr" in logits else None
-    pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=device)
-    clicked = (y_click > 0).float()
-
+    y_click, y_conv = click.float(), conversion.float()
     if cfg.use_esmm:
-        esmm = cfg.esmm
-        focal_cfg = cfg.loss.aux_focal
-        comps["loss_ctr"] = F.binary_cross_entropy_with_logits(l_ctr, y_click, pos_weight=pw_ctr)
-        log_p = ctcvr_log_prob(l_ctr, l_cvr, version=esmm.version, eps=esmm.eps)
-        bce = weighted_bce_from_log_prob(log_p, y_conv, float(pos_weight.get("ctcvr", 1.0)))
-        comps["loss_ctcvr_bce"] = bce.mean()
-        if focal_cfg.enabled and step >= focal_cfg.warmup_steps:
-            fw = focal_weight(
-                log_p,
-                y_conv,
-                gamma=focal_cfg.gamma,
-                alpha=focal_cfg.alpha if focal_cfg.use_alpha else None,
-                detach=focal_cfg.detach_p_for_weight,
-                dtype=torch.float32 if focal_cfg.compute_fp32 else _autocast_dtype(device),
-            )
-            comps["loss_ctcvr_focal"] = (fw * bce).mean()
-        else:
-            comps["loss_ctcvr_focal"] = zero
-        comps["loss_ctcvr"] = (
-            comps["loss_ctcvr_bce"] + focal_cfg.lambda_ * comps["loss_ctcvr_focal"]
-        )
-        if esmm.lambda_cvr_aux > 0:
-            per_row = F.binary_cross_entropy_with_logits(l_cvr, y_conv, reduction="none")
-            comps["loss_cvr_aux"] = _masked_mean(per_row, clicked)
-        else:
-            comps["loss_cvr_aux"] = zero
-        total = (
-            esmm.lambda_ctr * comps["loss_ctr"]
-            + esmm.lambda_ctcvr * comps["loss_ctcvr"]
-            + esmm.lambda_cvr_aux * comps["loss_cvr_aux"]
+        total, comps = esmm_losses(
+            out.logits, y_click, y_conv, step=step, cfg=cfg, pos_weight=pos_weight
         )
     else:
-        enabled = set(cfg.model.enabled_heads)
-        total = zero
-        if l_ctr is not None:
-            comps["loss_ctr"] = F.binary_cross_entropy_with_logits(
-                l_ctr, y_click, pos_weight=pw_ctr
-            )
-            if "ctr" in enabled:
-                total = total + cfg.loss.w_ctr * comps["loss_ctr"]
-        else:
-            comps["loss_ctr"] = zero
-        if l_cvr is not None:
-            per_row = F.binary_cross_entropy_with_logits(l_cvr, y_conv, reduction="none")
-            comps["loss_cvr"] = _masked_mean(per_row, clicked)
-            if "cvr" in enabled:
-                total = total + cfg.loss.w_cvr * comps["loss_cvr"]
-        else:
-            comps["loss_cvr"] = zero
-
-    gs = cfg.model.mmoe.gate_stabilize
-    if getattr(out, "training", False) and out.gates:
-        neg_h, kl = gate_regularisers(out.gates, gs.eps)
-        comps["loss_gate_entropy"] = neg_h
-        comps["loss_gate_balance"] = kl
-        if gs.entropy_reg_weight > 0:
-            total = total + gs.entropy_reg_weight * neg_h
-        if gs.load_balance_kl_weight > 0:
-            total = total + gs.load_balance_kl_weight * kl
-    else:
-        comps["loss_gate_entropy"] = zero
-        comps["loss_gate_balance"] = zero
+        total, comps = single_task_losses(
+            out.logits, y_click, y_conv, cfg=cfg, pos_weight=pos_weight
+        )
+    total, gate_comps = add_gate_terms(total, out, cfg)
+    comps.update(gate_comps)
     return LossResult(total=total.float(), components={k: v.float() for k, v in comps.items()})
 
 

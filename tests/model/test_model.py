@@ -8,13 +8,14 @@ import random
 
 import pytest
 import torch
+from parameter_oracle import expected_parameter_counts, widths
 
 from rec_pipeline.config import load_config
 from rec_pipeline.data.batches import Batch
 from rec_pipeline.model.builder import (
     ModelMeta,
+    _plan,
     build_model,
-    expected_parameter_counts,
     parameter_counts,
 )
 from rec_pipeline.model.embedding import FusedFieldEmbedding
@@ -768,3 +769,30 @@ def test_forward_and_losses_on_cuda_match_the_cpu():
         pos_weight={"ctr": 2.0, "ctcvr": 30.0},
     )
     assert res.total.dtype == torch.float32 and torch.isfinite(res.total)
+
+
+def test_seed_plan_widths_by_hand():
+    # 23 Ali-CCP fields x dim 8; deep 184 -> 128 -> 64; composer parts deep_h, fm_vec, mean emb;
+    # each head reads its 128-wide mixture only.
+    cfg = load_config(_seed_params())
+    plan = _plan(cfg, _meta_for(cfg))
+    assert (plan.emb_dim, plan.concat_dim, plan.dense_dim, plan.deep_out) == (8, 184, 184, 64)
+    assert plan.linear_terms == 1 and not plan.legacy
+    assert plan.part_dims == {"deep_h": 64, "fm_vec": 8, "emb": 8}
+    assert plan.head_in_dims == {"ctr": 128, "cvr": 128}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_plan_matches_widths_read_from_the_config(name):
+    model_sec, emb = VARIANTS[name]
+    cfg = load_config(_seed_params(model_sec, emb))
+    meta = _meta_for(cfg, vocab=11)
+    plan, want = _plan(cfg, meta), widths(cfg, meta)
+    assert (plan.emb_dim, plan.dense_dim, plan.deep_out, plan.linear_terms) == (
+        want.emb_dim,
+        want.dense_dim,
+        want.deep_out,
+        want.linear_terms,
+    )
+    assert list(plan.part_dims.values()) == want.part_dims
+    assert plan.head_in_dims == want.head_in

@@ -32,8 +32,8 @@ def _history(steps: int = 120, experts: int = 3) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
 
-    def add(step, kind, name, value):
-        rows.append({"step": step, "kind": kind, "name": name, "value": float(value)})
+    def add(step, kind, name, value, **structure):
+        rows.append({"step": step, "kind": kind, "name": name, "value": float(value), **structure})
 
     for s in range(1, steps + 1):
         add(s, "train", "loss_total", 1.0 / s**0.3 + 0.05 * rng.random())
@@ -56,17 +56,17 @@ def _history(steps: int = 120, experts: int = 3) -> pd.DataFrame:
             for task in ("ctr", "cvr"):
                 w = rng.dirichlet(np.ones(experts))
                 for i in range(experts):
-                    add(s, "health", f"gate_{task}_e{i}", w[i])
-                add(s, "health", f"gate_entropy_{task}", float(-(w * np.log(w)).sum()))
-                add(s, "health", f"dead_experts_{task}", 0)
-                add(s, "health", f"logit_{task}_mean", -2 + rng.random())
-                add(s, "health", f"logit_{task}_std", 0.5)
-                add(s, "health", f"prob_{task}_mean", 0.05 + 0.01 * rng.random())
-            add(s, "health", "pos_rate_click", 0.05)
-            add(s, "health", "pos_rate_conversion", 0.002)
-            add(s, "grad", "grad_norm_ctr", rng.random() + 0.1)
-            add(s, "grad", "grad_norm_ctcvr", rng.random() * 10 + 0.1)
-            add(s, "grad", "grad_cos_ctr_ctcvr", rng.uniform(-1, 1))
+                    add(s, "health", "gate_weight", w[i], task=task, expert=i)
+                add(s, "health", "gate_entropy", float(-(w * np.log(w)).sum()), task=task)
+                add(s, "health", "dead_experts", 0, task=task)
+                add(s, "health", "logit_mean", -2 + rng.random(), task=task)
+                add(s, "health", "logit_std", 0.5, task=task)
+                add(s, "health", "prob_mean", 0.05 + 0.01 * rng.random(), task=task)
+            add(s, "health", "pos_rate", 0.05, task="ctr")
+            add(s, "health", "pos_rate", 0.002, task="ctcvr")
+            add(s, "grad", "grad_norm", rng.random() + 0.1, task="ctr")
+            add(s, "grad", "grad_norm", rng.random() * 10 + 0.1, task="ctcvr")
+            add(s, "grad", "grad_cos", rng.uniform(-1, 1), task="ctr", other_task="ctcvr")
         if s % 30 == 0:
             for name in ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_primary"):
                 add(s, "valid", name, 0.6 + 0.001 * s)
@@ -179,7 +179,8 @@ def test_history_plots_on_empty_history(plot, history):
 def test_history_plots_on_partial_history(plot):
     h = _history(60)
     partial = h[
-        h["name"].isin(["loss_total", "lr_dense", "gate_ctr_e0", "grad_cos_ctr_ctcvr", "auc_ctr"])
+        h["name"].isin(["loss_total", "lr_dense", "grad_cos", "auc_ctr"])
+        | ((h["name"] == "gate_weight") & (h["task"] == "ctr") & (h["expert"] == 0))
     ]
     figure_to_data_uri(plot(partial))
     single = h[h["step"] == 30]  # one point per series

@@ -11,11 +11,6 @@ import torch
 
 from rec_pipeline.config import load_config
 from rec_pipeline.model.mmoe import MMoE
-from rec_pipeline.train.diagnostics import (
-    health_metrics,
-    task_gradient_stats,
-    task_losses_for_diagnostics,
-)
 from rec_pipeline.train.losses import (
     ESMM_COMPONENTS,
     PosWeights,
@@ -431,38 +426,3 @@ def test_pos_weights_dynamic_running_rates_and_state():
     pw2 = PosWeights(cfg)
     pw2.load_state_dict(state)
     assert pw2.current(0) == cur
-
-
-# ------------------------------------------------------------------------------ diagnostics
-
-
-def test_task_gradient_stats_and_health_metrics():
-    torch.manual_seed(0)
-    shared = torch.nn.Linear(3, 4)
-    heads = torch.nn.ModuleDict({"ctr": torch.nn.Linear(4, 1), "cvr": torch.nn.Linear(4, 1)})
-    model = SimpleNamespace(shared_parameters=lambda: list(shared.parameters()))
-    x = torch.randn(10, 3)
-    h = shared(x)
-    losses = {"ctr": heads["ctr"](h).sum(), "cvr": -heads["ctr"](h).sum()}
-    stats = task_gradient_stats(model, losses)
-    assert stats["grad_cos_ctr_cvr"] == pytest.approx(-1.0, abs=1e-5)
-    assert stats["grad_norm_ctr"] == pytest.approx(stats["grad_norm_cvr"], rel=1e-6)
-    assert shared.weight.grad is None  # .grad untouched
-    losses["cvr"] = heads["cvr"](h).sum() * 0 + torch.zeros((), requires_grad=True)
-    assert task_gradient_stats(model, losses)["grad_cos_ctr_cvr"] == 0.0
-
-    cfg = make_cfg()
-    comps = {k: torch.tensor(float(i)) for i, k in enumerate(ESMM_COMPONENTS)}
-    tl = task_losses_for_diagnostics(comps, cfg)
-    assert float(tl["cvr"]) == pytest.approx(1.0 + 0.1 * 4.0)
-
-    g = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
-    out = make_out(torch.zeros(2), torch.tensor([0.0, 2.0]), {"ctr": g})
-    m = health_metrics(out, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
-    assert m["gate_ctr_e0"] == pytest.approx(0.6)
-    assert m["dead_experts_ctr"] == 2
-    ent = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3) + 2 * 0.5 * math.log(0.5)) / 2
-    assert m["gate_entropy_ctr"] == pytest.approx(ent, rel=1e-5)
-    assert m["logit_cvr_mean"] == pytest.approx(1.0) and m["logit_cvr_std"] == pytest.approx(1.0)
-    assert m["prob_ctr_mean"] == pytest.approx(0.5)
-    assert m["pos_rate_click"] == pytest.approx(0.5) and m["pos_rate_conversion"] == 0.0
