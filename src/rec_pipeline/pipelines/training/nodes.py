@@ -6,12 +6,13 @@ import logging
 from typing import Any
 
 import pandas as pd
-import torch
 
 from rec_pipeline.config import load_config
 from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.datasets.atomic import load_torch
+from rec_pipeline.datasets.training_state_dataset import TrainingStateStore
 from rec_pipeline.train.inference import evaluate_split, summarise
 from rec_pipeline.train.loop import (
     Trainer,
@@ -34,6 +35,7 @@ def train_model(
     encoded_test_commons: ShardSet,
     metadata: dict,
     raw_aliccp: RawFiles,
+    training_state: TrainingStateStore,
     parameters: dict[str, Any],
 ) -> tuple[dict, pd.DataFrame, dict, pd.DataFrame]:
     """Train per ``parameters``; returns checkpoint, history, summary, auto-eval predictions."""
@@ -45,9 +47,13 @@ def train_model(
     train, valid = splits["train"], splits["valid"]
     log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(train), len(valid), device)
     resume = None
-    if cfg.runtime.resume_path:
-        resume = torch.load(cfg.runtime.resume_path, map_location="cpu", weights_only=True)
-    result = Trainer(cfg, metadata, train, valid, resume=resume).fit()
+    if cfg.runtime.resume == "latest":
+        resume = training_state.latest()
+        if resume is None:
+            log.warning("runtime.resume=latest: no training state yet, starting afresh.")
+    elif cfg.runtime.resume_path:
+        resume = load_torch(cfg.runtime.resume_path)
+    result = Trainer(cfg, metadata, train, valid, resume=resume, state_store=training_state).fit()
     summary = dict(result.summary)
     preds = pd.DataFrame(columns=PREDICTION_COLUMNS)
     if cfg.runtime.auto_eval:

@@ -16,6 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "encoded_test_commons",
                     "metadata",
                     "raw_aliccp",
+                    "training_state",
                     "parameters",
                 ],
                 outputs=[
