@@ -178,6 +178,11 @@ def _nonfinite_names(named: list[tuple[str, torch.Tensor | None]]) -> list[str]:
     return out
 
 
+def _listed(items: list[str], at_most: int = 4) -> str:
+    more = f" (+{len(items) - at_most} more)" if len(items) > at_most else ""
+    return ", ".join(items[:at_most]) + more
+
+
 @dataclass
 class _Clock:
     """Wall-clock bookkeeping of one ``fit`` call (throughput excludes validation and saves)."""
@@ -520,22 +525,20 @@ class Trainer:
         self, losses: torch.Tensor | None, names: list[str] | None, grads_ok: bool, params_ok
     ) -> None:
         """Name what is non-finite at this step, then stop or count a skipped batch."""
-        what = []
+        found: dict[str, list[str]] = {}
         if losses is not None:
             vals = losses.tolist()
-            what += [f"loss {n}" for n, v in zip(names, vals, strict=True) if not math.isfinite(v)]
-        named = [
-            (self.param_names[id(p)], p)
-            for opt in self.opt.all()
-            for g in opt.param_groups
-            for p in g["params"]
-        ]
+            found["loss"] = [n for n, v in zip(names, vals, strict=True) if not math.isfinite(v)]
         if not grads_ok:
-            what += [f"gradient of {n}" for n in _nonfinite_names([(n, p.grad) for n, p in named])]
+            params = [p for opt in self.opt.all() for g in opt.param_groups for p in g["params"]]
+            found["gradient of"] = _nonfinite_names(
+                [(self.param_names[id(p)], p.grad) for p in params]
+            )
         if not params_ok:
-            checked = [(self.param_names[id(p)], p.detach()) for p in self.clip_params]
-            what += [f"parameter {n}" for n in _nonfinite_names(checked)]
-        shown = ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "")
+            found["parameter"] = _nonfinite_names(
+                [(self.param_names[id(p)], p.detach()) for p in self.clip_params]
+            )
+        shown = "; ".join(f"{kind} {_listed(items)}" for kind, items in found.items() if items)
         msg = f"Non-finite values at step {self.step + 1}: {shown}"
         if self.cfg.runtime.on_nonfinite == "stop" or not params_ok:
             why = "runtime.on_nonfinite: stop" if params_ok else "a parameter cannot be skipped"
