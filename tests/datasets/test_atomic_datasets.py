@@ -132,7 +132,7 @@ def test_state_store_keeps_the_newest_two_and_reports_a_corrupt_one(tmp_path):
         ckpt.state = None
         store.save(ckpt)
     names = [p.name for p in store.files()]
-    assert names == ["state-000001-step0.pt", "state-000002-step0.pt"]
+    assert names == ["state-000001-step20.pt", "state-000002-step30.pt"]
     assert store.latest().best.step == 30
     Path(store.latest_path()).write_bytes(b"PK\x03\x04broken")
     with pytest.raises(CorruptCheckpointError, match=str(store.latest_path())):

@@ -66,6 +66,14 @@ def test_checkpoint_round_trips_through_weights_only_load(data):
     assert loaded.to_dict().keys() == result.checkpoint.keys()
     with pytest.raises(ValueError, match="format"):
         Checkpoint.from_dict({**result.checkpoint, "format": 99})
+    # A format-1 checkpoint (resumable state inside "last") still resumes.
+    state = result.checkpoint["state"]
+    old_last = {**result.checkpoint["last"], **state, "rng_torch": state["rng"]["torch_cpu"]}
+    old = {**result.checkpoint, "format": 1, "last": old_last}
+    del old["state"]
+    converted = Checkpoint.from_dict(old)
+    assert converted.state.step == 5 and converted.state.schedule_total_steps is None
+    assert torch.equal(converted.state.rng.torch_cpu, loaded.state.rng.torch_cpu)
 
 
 def test_rng_state_restores_every_generator():

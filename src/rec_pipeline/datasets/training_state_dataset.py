@@ -54,7 +54,8 @@ class TrainingStateStore:
         ckpt = Checkpoint.from_dict(checkpoint)
         files = self.files()
         seq = int(_NAME.match(files[-1].name)[1]) + 1 if files else 0
-        step = ckpt.state.step if ckpt.state is not None else 0
+        kept = ckpt.last or ckpt.best
+        step = ckpt.state.step if ckpt.state is not None else (kept.step if kept else 0)
         path = self.path / f"state-{seq:06d}-step{step}.pt"
         save_torch(ckpt.to_dict(), path)
         for old in [*files, path][: -self.keep]:
