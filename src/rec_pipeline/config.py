@@ -516,6 +516,16 @@ class RuntimeConfig(_Model):
     grad_clip_norm: float | None = Field(2.0, gt=0.0)
     seed: int = 20260127
     resume_path: str | None = None
+    # "latest": resume from the newest periodic state in the catalog's training_state (a fresh
+    # start when there is none); null: start fresh unless resume_path is set.
+    resume: Literal["latest"] | None = None
+    # On resume, continue: the original LR schedule (its span is saved with the state);
+    # rederive: rebuild it from this run's epochs / total_steps (the rate may jump).
+    resume_schedule: Literal["continue", "rederive"] = "continue"
+    # Save a full resumable state every this many steps (or fraction of the run); 0/null: off.
+    checkpoint_every: Steps | None = None
+    # A NaN/inf loss component, gradient or parameter: stop (raise) or skip_batch (no update).
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True
@@ -531,6 +541,13 @@ class RuntimeConfig(_Model):
             _check_steps(v, "valid_every")
             if v == 0:
                 raise ValueError("valid_every must be > 0")
+        return v
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _checkpoint_every(cls, v: float | None) -> float | None:
+        if v is not None:
+            _check_steps(v, "checkpoint_every")
         return v
 
 

@@ -2,9 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
-from rec_pipeline.hooks import ValidateParametersHook
+from rec_pipeline.hooks import DataFolderLockHook, ValidateParametersHook
 
-HOOKS = (ValidateParametersHook(),)
+# Hooks run last-registered first: parameters are validated, then the data folder is locked.
+HOOKS = (DataFolderLockHook(), ValidateParametersHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

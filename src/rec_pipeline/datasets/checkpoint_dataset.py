@@ -6,15 +6,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
-import torch
 from kedro.io import AbstractVersionedDataset, Version
 
+from rec_pipeline.atomic_io import load_torch, save_torch
+from rec_pipeline.train.checkpoint import Checkpoint
 
-class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
-    """A ``torch.save`` dict of tensors and plain Python values.
+
+class TorchCheckpointDataset(AbstractVersionedDataset[dict | Checkpoint, dict]):
+    """A ``torch.save`` dict of tensors and plain Python values (:meth:`Checkpoint.to_dict`).
 
     Loading uses ``weights_only=True``: a checkpoint holds no pickled code, so it can be loaded
-    without the training code's state and from an untrusted folder.
+    without the training code's state and from an untrusted folder. A truncated or corrupted
+    file is an error naming it. Saving is atomic: a kill during a save leaves no partial file.
     """
 
     def __init__(
@@ -30,14 +33,12 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
         self.metadata = metadata
 
     def load(self) -> dict:
-        return torch.load(str(self._get_load_path()), map_location="cpu", weights_only=True)
+        return load_torch(str(self._get_load_path()))
 
-    def save(self, data: dict) -> None:
-        path = Path(str(self._get_save_path()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(data, tmp)
-        tmp.replace(path)
+    def save(self, data: dict | Checkpoint) -> None:
+        if isinstance(data, Checkpoint):
+            data = data.to_dict()
+        save_torch(data, Path(str(self._get_save_path())))
 
     def _exists(self) -> bool:
         try:

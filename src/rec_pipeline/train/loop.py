@@ -1,8 +1,8 @@
-"""The training loop: steps, schedules, validation, best checkpoint, diagnostics, resume.
+"""The training loop: steps, schedules, validation, best weights, periodic states, resume.
 
 A step is: gather a batch (tensor ops, sizes known on the host), forward under autocast, fp32
-losses, backward, clip, two optimiser steps, two scheduler steps. Loss components are summed on
-the device and read back only at log steps, so the loop does not wait on the GPU between logs.
+losses, backward, one fused finite check (the step's single host read), clip, two optimiser
+steps, two scheduler steps. Loss components are summed on the device and read back at log steps.
 """
 
 from __future__ import annotations
@@ -12,16 +12,26 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rec_pipeline.config import Config, load_config
+from rec_pipeline.config import Config
 from rec_pipeline.data.batches import SplitData
 from rec_pipeline.metrics.evaluate import flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
+from rec_pipeline.train.checkpoint import (
+    Checkpoint,
+    RNGState,
+    Snapshot,
+    TrainingState,
+    checkpoint_calibration,
+    checkpoint_ctr_pos_weight,
+    model_from_checkpoint,
+)
 from rec_pipeline.train.diagnostics import (
     health_metrics,
     task_gradient_stats,
@@ -45,7 +55,27 @@ from rec_pipeline.train.schedules import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+__all__ = [
+    "NonFiniteError",
+    "Trainer",
+    "TrainResult",
+    "checkpoint_calibration",
+    "checkpoint_ctr_pos_weight",
+    "model_from_checkpoint",
+    "resolve_device",
+]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss component, gradient or parameter became NaN or infinite (``on_nonfinite: stop``)."""
+
+
+class StateStore(Protocol):
+    """Where periodic training states go (the catalog's ``training_state``)."""
+
+    def save(self, checkpoint: Checkpoint) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -112,7 +142,7 @@ class History:
 
 @dataclass
 class TrainResult:
-    checkpoint: dict
+    checkpoint: dict  # Checkpoint.to_dict(): what the catalog's model_checkpoint saves
     history: pd.DataFrame
     summary: dict
     eval_metrics: dict | None = None
@@ -123,18 +153,67 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _grads_finite(optimizers) -> bool:
-    """Whether every gradient (dense or sparse) of these optimisers is finite."""
-    ok = []
+def _grads_finite_flag(optimizers, device: torch.device) -> torch.Tensor:
+    """One device bool: every gradient (dense or sparse) of these optimisers is finite.
+
+    Dense gradients go through one fused ``_foreach_norm`` (a norm is finite iff every entry
+    is, short of an fp32 overflow of the norm itself, which is treated as non-finite too).
+    """
+    dense, flags = [], []
     for opt in optimizers:
         for group in opt.param_groups:
             for p in group["params"]:
                 g = p.grad
                 if g is None:
                     continue
-                values = g.coalesce().values() if g.is_sparse else g
-                ok.append(torch.isfinite(values).all())
-    return bool(torch.stack(ok).all()) if ok else True
+                if g.is_sparse:
+                    flags.append(torch.isfinite(g._values()).all())
+                else:
+                    dense.append(g)
+    if dense:
+        flags.append(torch.isfinite(torch.stack(torch._foreach_norm(dense))).all())
+    if not flags:
+        return torch.tensor(True, device=device)
+    return torch.stack(flags).all()
+
+
+def _values_finite_flag(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    if not tensors:
+        return torch.tensor(True, device=device)
+    with torch.no_grad():
+        return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+
+
+def _nonfinite_names(named: list[tuple[str, torch.Tensor | None]]) -> list[str]:
+    """Names whose tensor holds a NaN or an inf (the slow path, after a failed check)."""
+    out = []
+    for name, t in named:
+        if t is None:
+            continue
+        values = t.coalesce().values() if t.is_sparse else t
+        if not bool(torch.isfinite(values).all()):
+            out.append(name)
+    return out
+
+
+def _listed(items: list[str], at_most: int = 4) -> str:
+    more = f" (+{len(items) - at_most} more)" if len(items) > at_most else ""
+    return ", ".join(items[:at_most]) + more
+
+
+@dataclass
+class _Clock:
+    """Wall-clock bookkeeping of one ``fit`` call (throughput excludes validation and saves)."""
+
+    t_start: float = field(default_factory=time.perf_counter)
+    t_window: float = field(default_factory=time.perf_counter)
+    rows_window: int = 0
+    rows_seen: int = 0
+    aside_s: float = 0.0  # validation and state saves
+
+    def aside(self, seconds: float) -> None:
+        self.aside_s += seconds
+        self.t_window += seconds
 
 
 class Trainer:
@@ -142,7 +221,9 @@ class Trainer:
 
     Steps run until ``runtime.epochs`` epochs or ``runtime.max_train_steps``; the LR schedule
     spans ``optim.lr_scheduler.total_steps`` (derived from the data when omitted). ``resume``
-    is a checkpoint with a ``last`` state: training continues exactly where it stopped.
+    is a checkpoint with a resumable state: training continues exactly where it stopped, on
+    the original LR schedule unless ``runtime.resume_schedule: rederive``. ``state_store``
+    receives a full resumable state every ``runtime.checkpoint_every`` steps.
     """
 
     def __init__(
@@ -152,24 +233,23 @@ class Trainer:
         train: SplitData,
         valid: SplitData | None,
         *,
-        resume: dict | None = None,
+        resume: dict | Checkpoint | None = None,
+        state_store: StateStore | None = None,
     ):
-        self.cfg = cfg
-        self.metadata = metadata
-        self.train_data = train
-        self.valid_data = valid
+        self.metadata, self.train_data, self.valid_data = metadata, train, valid
         self.device = train.device
         self.amp_dtype = resolve_amp_dtype(cfg, self.device)
         self.meta = model_meta_from_metadata(metadata)
         torch.manual_seed(cfg.runtime.seed)
         self.model = build_model(cfg, self.meta).to(self.device)
         self.opt = build_optimizers(self.model, cfg)
-        bs = cfg.data.batch_size
-        n = len(train)
+        self._set_guarded_parameters()
+        bs, n = cfg.data.batch_size, len(train)
         self.steps_per_epoch = n // bs if cfg.data.drop_last else math.ceil(n / bs)
         if self.steps_per_epoch == 0:
             raise ValueError(f"training split has {n} rows: fewer than one batch of {bs}")
-        self.total_steps = resolve_total_steps(cfg, self.steps_per_epoch)
+        ckpt = None if resume is None else Checkpoint.from_dict(resume)
+        self.total_steps = self._schedule_span(cfg, ckpt)
         # Step-valued keys given as fractions of the run become step counts from here on.
         self.cfg = cfg = resolve_step_fractions(cfg, self.total_steps)
         self.stop_step = cfg.runtime.epochs * self.steps_per_epoch
@@ -179,12 +259,19 @@ class Trainer:
         self.pos_weights = PosWeights(cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.history = History()
-        self.step = 0
-        self.best: dict | None = None
+        self.step, self.nonfinite_skipped = 0, 0
+        self.best: Snapshot | None = None
+        self._window_sums: torch.Tensor | None = None  # loss sums of the log interval, on device
+        self._window_n = 0
+        self._loss_names: list[str] = []
         self.keep_prob = float(metadata.get("neg_keep_prob_train", 1.0))
-        if resume is not None:
-            self._restore(resume)
-        counts = parameter_counts(self.model)
+        self.checkpoint_every = int(cfg.runtime.checkpoint_every or 0)
+        self.state_store = state_store if self.checkpoint_every else None
+        if ckpt is not None:
+            self._restore(ckpt)
+        elif self.state_store is not None:
+            self.state_store.clear()  # states of an earlier run must not be resumed into this one
+        self.param_counts = counts = parameter_counts(self.model)
         log.info(
             "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
             "LR schedule over %d steps.",
@@ -196,50 +283,111 @@ class Trainer:
             self.stop_step,
             self.total_steps,
         )
-        self.param_counts = counts
+
+    def _set_guarded_parameters(self) -> None:
+        """Which parameters ``grad_clip_norm`` clips and the finite check reads every step.
+
+        Both are the non-embedding parameters, whichever optimiser holds the tables
+        (``embedding.sparse_grad`` true or false): the tables' gradients are a few rows of a
+        large table, and reading whole tables every step would cost more than the step.
+        """
+        tables = {id(p) for p in self.model.embedding.tables()}
+        self.param_names = {id(p): name for name, p in self.model.named_parameters()}
+        self.clip_params = [
+            p for p in self.opt.dense.param_groups[0]["params"] if id(p) not in tables
+        ]
 
     # ------------------------------------------------------------------------------- state
-    def _state(self) -> dict:
-        st = {
-            "step": self.step,
-            "pos_weight": self.pos_weights.current(self.step),
-            "state_dict": _cpu_state(self.model),
-            "optimizers": self.opt.state_dict(),
-            "schedulers": self.scheds.state_dict(),
-            "pos_weights": self.pos_weights.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "history": list(self.history.rows),
-            "best": self.best,
-        }
-        if self.device.type == "cuda":
-            st["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return st
-
-    def _restore(self, ckpt: dict) -> None:
-        last = ckpt.get("last")
-        if last is None:
-            raise ValueError(
-                "runtime.resume_path: the checkpoint has no resumable state (train it with "
-                "runtime.save_last: true)"
+    def _schedule_span(self, cfg: Config, ckpt: Checkpoint | None) -> int:
+        """The LR schedule's span: the resumed run's own with ``resume_schedule: continue``."""
+        derived = resolve_total_steps(cfg, self.steps_per_epoch)
+        saved = None if ckpt is None or ckpt.state is None else ckpt.state.schedule_total_steps
+        if saved is None or cfg.runtime.resume_schedule == "rederive":
+            return derived
+        if saved != derived:
+            log.info(
+                "Resuming on the original LR schedule over %d steps (this run's settings give "
+                "%d; runtime.resume_schedule: rederive uses those).",
+                saved,
+                derived,
             )
-        self.model.load_state_dict(last["state_dict"])
-        self.opt.load_state_dict(last["optimizers"])
-        self.scheds.load_state_dict(last["schedulers"])
-        self.pos_weights.load_state_dict(last["pos_weights"])
-        self.scaler.load_state_dict(last["scaler"])
-        torch.set_rng_state(last["rng_torch"])
-        if self.device.type == "cuda" and "rng_cuda" in last:
-            torch.cuda.set_rng_state(last["rng_cuda"], self.device)
-        self.history.rows = list(last["history"])
-        self.best = last["best"]
-        self.step = int(last["step"])
-        log.info("Resumed at step %d.", self.step)
+        return int(saved)
+
+    def _training_state(self) -> TrainingState:
+        sums = self._window_sums
+        return TrainingState(
+            step=self.step,
+            steps_per_epoch=self.steps_per_epoch,
+            schedule_total_steps=self.total_steps,
+            optimizers=self.opt.state_dict(),
+            schedulers=self.scheds.state_dict(),
+            pos_weights=self.pos_weights.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=RNGState.capture(self.device),
+            history=list(self.history.rows),
+            log_window={"sums": None if sums is None else sums.cpu(), "count": self._window_n},
+            nonfinite_skipped=self.nonfinite_skipped,
+        )
+
+    def _snapshot(self, calibration: dict | None, metrics: dict | None = None) -> Snapshot:
+        return Snapshot(
+            step=self.step,
+            state_dict=_cpu_state(self.model),
+            metrics=metrics or {},
+            pos_weight=self.pos_weights.current(self.step),
+            calibration=calibration,
+        )
+
+    def _checkpoint(self, last: Snapshot | None, state: TrainingState | None) -> Checkpoint:
+        return Checkpoint(
+            config=self.cfg.model_dump(mode="json", by_alias=True),
+            metadata=self.metadata,
+            model_meta=dataclasses.asdict(self.meta),
+            parameter_counts=self.param_counts,
+            best=self.best,
+            last=last,
+            state=state,
+        )
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        state = ckpt.state
+        if state is None or ckpt.last is None:
+            raise ValueError(
+                "resume: the checkpoint has no resumable state (train it with "
+                "runtime.save_last: true or runtime.checkpoint_every)"
+            )
+        if state.steps_per_epoch not in (None, self.steps_per_epoch):
+            raise ValueError(
+                f"resume: the state was saved with {state.steps_per_epoch} steps per epoch, this "
+                f"run has {self.steps_per_epoch}: the training data or batch size changed"
+            )
+        self.model.load_state_dict(ckpt.last.state_dict)
+        self.opt.load_state_dict(state.optimizers)
+        self.scheds.load_state_dict(state.schedulers)
+        if self.cfg.runtime.resume_schedule == "rederive":
+            self.scheds.sync_lr()
+        self.pos_weights.load_state_dict(state.pos_weights)
+        self.scaler.load_state_dict(state.scaler)
+        state.rng.restore(self.device)
+        self.history.rows = list(state.history)
+        self.best = ckpt.best
+        self.step, self.nonfinite_skipped = state.step, state.nonfinite_skipped
+        if state.log_window.get("sums") is not None:
+            self._window_sums = state.log_window["sums"].to(self.device)
+            self._window_n = int(state.log_window["count"])
+        epoch, batch = divmod(self.step, self.steps_per_epoch)
+        log.info("Resumed at step %d (epoch %d, after batch %d of it).", self.step, epoch, batch)
+
+    def _save_state(self, clock: _Clock) -> None:
+        t0 = time.perf_counter()
+        state = self._training_state()
+        self.state_store.save(self._checkpoint(self._snapshot(None), state))
+        clock.aside(time.perf_counter() - t0)
+        log.info("Training state saved at step %d.", self.step)
 
     # ---------------------------------------------------------------------------- training
     def fit(self) -> TrainResult:
         cfg, rt = self.cfg, self.cfg.runtime
-        bs = cfg.data.batch_size
         bar = tqdm(
             total=self.stop_step,
             initial=self.step,
@@ -248,62 +396,72 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        names: list[str] = []
-        sums: torch.Tensor | None = None  # running sums of the loss components, on the device
-        n_in_window, t_window, rows_window = 0, time.perf_counter(), 0
-        t_start = time.perf_counter()
-        rows_seen, valid_s = 0, 0.0
+        clock = _Clock()
         self.model.train()
         while self.step < self.stop_step:
+            # The row order of an epoch depends on (seed, epoch) only: a resumed run skips the
+            # batches of its epoch already trained on and sees the same order after them.
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             rng = np.random.default_rng([rt.seed, epoch])
             for batch in self.train_data.iter_batches(
-                bs, shuffle=True, generator=rng, drop_last=cfg.data.drop_last, start=skip
+                cfg.data.batch_size,
+                shuffle=True,
+                generator=rng,
+                drop_last=cfg.data.drop_last,
+                start=skip,
             ):
                 if self.step >= self.stop_step:
                     break
-                names, values = self._train_step(batch)
-                sums = values if sums is None else sums + values
-                n_in_window += 1
-                rows_window += batch.size
-                rows_seen += batch.size
-                self.step += 1
-                bar.update(1)
-                if self.step % rt.log_every == 0 or self.step == self.stop_step:
-                    means = dict(zip(names, (sums / n_in_window).tolist(), strict=True))
-                    dt = time.perf_counter() - t_window
-                    means["samples_per_s"] = rows_window / max(dt, 1e-9)
-                    means.update(self._schedule_values())
-                    self.history.add(self.step, "train", means)
-                    bar.set_postfix(
-                        loss=f"{means['loss_total']:.4f}", sps=f"{means['samples_per_s']:,.0f}"
-                    )
-                    log.info(
-                        "step %d/%d loss %.5f (ctr %.4f ctcvr %.4f) lr %.2e %.0f samples/s",
-                        self.step,
-                        self.stop_step,
-                        means["loss_total"],
-                        means.get("loss_ctr", float("nan")),
-                        means.get("loss_ctcvr", means.get("loss_cvr", float("nan"))),
-                        means["lr_dense"],
-                        means["samples_per_s"],
-                    )
-                    sums, n_in_window, rows_window = None, 0, 0
-                    t_window = time.perf_counter()
-                end_of_epoch = self.step % self.steps_per_epoch == 0
-                if (
-                    self.step % self.cfg.valid_every == 0
-                    or end_of_epoch
-                    or self.step == self.stop_step
-                ):
-                    t_valid = time.perf_counter()
-                    self._validate()
-                    spent = time.perf_counter() - t_valid
-                    valid_s += spent
-                    t_window += spent  # validation time is not training throughput
+                self._step_and_bookkeep(batch, clock, bar)
         bar.close()
-        elapsed = time.perf_counter() - t_start
-        return self._result(elapsed, valid_s, rows_seen)
+        return self._result(clock)
+
+    def _step_and_bookkeep(self, batch, clock: _Clock, bar) -> None:
+        rt = self.cfg.runtime
+        values = self._train_step(batch)
+        if values is not None:
+            self._window_sums = values if self._window_sums is None else self._window_sums + values
+            self._window_n += 1
+        clock.rows_window += batch.size
+        clock.rows_seen += batch.size
+        self.step += 1
+        bar.update(1)
+        if self.step % rt.log_every == 0 or self.step == self.stop_step:
+            self._log_window(clock, bar)
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        if self.step % self.cfg.valid_every == 0 or end_of_epoch or self.step == self.stop_step:
+            t_valid = time.perf_counter()
+            self._validate()
+            clock.aside(time.perf_counter() - t_valid)
+        periodic = self.state_store is not None and self.step % self.checkpoint_every == 0
+        if periodic and self.step < self.stop_step:
+            self._save_state(clock)
+
+    def _log_window(self, clock: _Clock, bar) -> None:
+        means: dict[str, float] = {}
+        if self._window_n:
+            sums = (self._window_sums / self._window_n).tolist()
+            means = dict(zip(self._loss_names, sums, strict=True))
+        dt = time.perf_counter() - clock.t_window
+        means["samples_per_s"] = clock.rows_window / max(dt, 1e-9)
+        means.update(self._schedule_values())
+        self.history.add(self.step, "train", means)
+        nan = float("nan")
+        bar.set_postfix(
+            loss=f"{means.get('loss_total', nan):.4f}", sps=f"{means['samples_per_s']:,.0f}"
+        )
+        log.info(
+            "step %d/%d loss %.5f (ctr %.4f ctcvr %.4f) lr %.2e %.0f samples/s",
+            self.step,
+            self.stop_step,
+            means.get("loss_total", nan),
+            means.get("loss_ctr", nan),
+            means.get("loss_ctcvr", means.get("loss_cvr", nan)),
+            means["lr_dense"],
+            means["samples_per_s"],
+        )
+        self._window_sums, self._window_n, clock.rows_window = None, 0, 0
+        clock.t_window = time.perf_counter()
 
     def _schedule_values(self) -> dict[str, float]:
         out = {"lr_dense": self.opt.dense.param_groups[0]["lr"]}
@@ -313,7 +471,8 @@ class Trainer:
             out[f"pos_weight_{task}"] = w
         return out
 
-    def _train_step(self, batch) -> tuple[list[str], torch.Tensor]:
+    def _train_step(self, batch) -> torch.Tensor | None:
+        """One optimisation step; the stacked loss components, or None for a skipped batch."""
         cfg, rt = self.cfg, self.cfg.runtime
         with autocast(self.device, self.amp_dtype):
             out = self.model(batch)
@@ -335,35 +494,83 @@ class Trainer:
                 )
         self.opt.zero_grad()
         self.scaler.scale(res.total).backward()
-        self._apply_gradients()
-        self.scheds.step()
         # One stacked vector per step: one add per step, one device read per log line.
-        return res.stacked()
+        self._loss_names, values = res.stacked()
+        updated = self._apply_gradients(values, self._loss_names)
+        self.scheds.step()
+        return values if updated else None
 
-    def _apply_gradients(self) -> None:
-        """Clip and step both optimisers through the GradScaler.
+    def _apply_gradients(
+        self, losses: torch.Tensor | None = None, loss_names: list[str] | None = None
+    ) -> bool:
+        """Check, clip and step both optimisers through the GradScaler; False for a batch
+        skipped by ``runtime.on_nonfinite: skip_batch``.
 
-        With fp16 loss scaling (the scaler is enabled) both optimisers' gradients are unscaled,
-        and a step whose gradients hold an inf or NaN anywhere is skipped by both optimisers
-        together (the scaler then lowers its scale): SparseAdam must never step on scaled or
-        overflowed embedding gradients. bf16 and fp32 need no scaling: the scaler is a no-op.
+        One fused check per step (the step's only host read) covers the loss components, every
+        gradient and the non-embedding parameters. With fp16 loss scaling (the scaler is
+        enabled) both optimisers' gradients are unscaled first, and an inf or NaN gradient is
+        the scaler's overflow: both optimisers skip the step together and the scaler lowers its
+        scale (SparseAdam must never step on scaled or overflowed embedding gradients). bf16
+        and fp32 need no scaling: the scaler is a no-op, and a non-finite gradient is an error.
         """
-        rt = self.cfg.runtime
-        skip = False
-        if self.scaler.is_enabled():
+        rt, scaled = self.cfg.runtime, self.scaler.is_enabled()
+        if scaled:
             for opt in self.opt.all():
                 self.scaler.unscale_(opt)
-            skip = not _grads_finite(self.opt.all())  # one host sync, fp16 only
+        dev = self.device
+        no_losses = torch.tensor(True, device=dev)
+        flags = torch.stack(
+            [
+                no_losses if losses is None else torch.isfinite(losses).all(),
+                _grads_finite_flag(self.opt.all(), dev),
+                _values_finite_flag(self.clip_params, dev),
+            ]
+        )
+        losses_ok, grads_ok, params_ok = flags.tolist()
+        if not (losses_ok and params_ok and (grads_ok or scaled)):
+            self._nonfinite(losses, loss_names, grads_ok or scaled, params_ok)
+            self.scaler.update()
+            return False
         if rt.grad_clip_norm:
-            # (unscale_ is a no-op when the scaler is disabled, and done above when enabled)
-            # Dense parameters only: the embedding tables' gradients are sparse rows.
-            torch.nn.utils.clip_grad_norm_(
-                self.opt.dense.param_groups[0]["params"], rt.grad_clip_norm
-            )
-        if not skip:
+            torch.nn.utils.clip_grad_norm_(self.clip_params, rt.grad_clip_norm)
+        if grads_ok:
             for opt in self.opt.all():
                 self.scaler.step(opt)
         self.scaler.update()
+        return True
+
+    def _nonfinite(
+        self, losses: torch.Tensor | None, names: list[str] | None, grads_ok: bool, params_ok
+    ) -> None:
+        """Name what is non-finite at this step, then stop or count a skipped batch."""
+        found: dict[str, list[str]] = {}
+        if losses is not None:
+            vals = losses.tolist()
+            found["loss"] = [n for n, v in zip(names, vals, strict=True) if not math.isfinite(v)]
+        if not grads_ok:
+            params = [p for opt in self.opt.all() for g in opt.param_groups for p in g["params"]]
+            found["gradient of"] = _nonfinite_names(
+                [(self.param_names[id(p)], p.grad) for p in params]
+            )
+        if not params_ok:
+            found["parameter"] = _nonfinite_names(
+                [(self.param_names[id(p)], p.detach()) for p in self.clip_params]
+            )
+        shown = "; ".join(f"{kind} {_listed(items)}" for kind, items in found.items() if items)
+        msg = f"Non-finite values at step {self.step + 1}: {shown}"
+        if self.cfg.runtime.on_nonfinite == "stop" or not params_ok:
+            why = "runtime.on_nonfinite: stop" if params_ok else "a parameter cannot be skipped"
+            raise NonFiniteError(
+                f"{msg}. No weight was updated with them; training stops ({why}). "
+                "States and checkpoints saved before this step are intact."
+            )
+        self.nonfinite_skipped += 1
+        self.history.add(self.step + 1, "nonfinite", {"skipped_batches": self.nonfinite_skipped})
+        log.warning(
+            "%s: batch skipped, no update (runtime.on_nonfinite: skip_batch; %d skipped).",
+            msg,
+            self.nonfinite_skipped,
+        )
 
     def _ctr_pos_weight(self) -> float:
         if not self.cfg.evaluation.correct_pos_weight:
@@ -388,16 +595,9 @@ class Trainer:
         self.history.add(self.step, "valid", flat)
         log.info("valid @ step %d: %s", self.step, summarise(metrics))
         primary = metrics.get("auc_primary")
-        if primary is not None and (
-            self.best is None or primary > self.best["metrics"]["auc_primary"]
-        ):
-            self.best = {
-                "step": self.step,
-                "metrics": flat,
-                "pos_weight": self.pos_weights.current(self.step),
-                "calibration": fit_calibration(result.outputs),
-                "state_dict": _cpu_state(self.model),
-            }
+        best = None if self.best is None else self.best.metrics.get("auc_primary")
+        if primary is not None and (best is None or primary > best):
+            self.best = self._snapshot(fit_calibration(result.outputs), flat)
 
     def _valid_batch_size(self) -> int:
         return self.cfg.runtime.valid_batch_size or max(self.cfg.data.batch_size, 8192)
@@ -415,72 +615,33 @@ class Trainer:
         return fit_calibration(outputs)
 
     # ------------------------------------------------------------------------------ result
-    def _result(self, elapsed: float, valid_s: float, rows_seen: int) -> TrainResult:
-        last_state = None
+    def _result(self, clock: _Clock) -> TrainResult:
+        elapsed = time.perf_counter() - clock.t_start
+        last = state = None
         if self.cfg.runtime.save_last:
-            last_state = self._state()
-            last_state["calibration"] = self._calibration()
+            state = self._training_state()
+            last = self._snapshot(self._calibration())
         if self.best is None:
             # No validation split (or no AUC yet): the last weights are the best we have.
-            self.best = {
-                "step": self.step,
-                "metrics": {},
-                "pos_weight": self.pos_weights.current(self.step),
-                "calibration": self._calibration(),
-                "state_dict": _cpu_state(self.model),
-            }
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.model_dump(mode="json", by_alias=True),
-            "metadata": self.metadata,
-            "model_meta": dataclasses.asdict(self.meta),
-            "parameter_counts": self.param_counts,
-            "best": self.best,
-            "last": last_state,
-        }
-        train_rows = len(self.train_data)
+            self.best = self._snapshot(self._calibration())
+        checkpoint = self._checkpoint(last, state)
         summary = {
             "steps": self.step,
             "epochs_equivalent": self.step / self.steps_per_epoch,
-            "train_rows": train_rows,
+            "train_rows": len(self.train_data),
             "seconds": elapsed,
-            "validation_seconds": valid_s,
-            # Training throughput of this run (validation excluded).
-            "samples_per_s": rows_seen / max(elapsed - valid_s, 1e-9),
+            "validation_seconds": clock.aside_s,
+            # Training throughput of this run (validation and state saves excluded).
+            "samples_per_s": clock.rows_seen / max(elapsed - clock.aside_s, 1e-9),
             "device": str(self.device),
             "amp_dtype": str(self.amp_dtype),
-            "best_step": self.best["step"],
-            "best_metrics": self.best["metrics"],
+            "best_step": self.best.step,
+            "best_metrics": self.best.metrics,
             "parameter_counts": self.param_counts,
+            "nonfinite_skipped_batches": self.nonfinite_skipped,
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        return TrainResult(checkpoint=checkpoint, history=self.history.frame(), summary=summary)
-
-
-def checkpoint_ctr_pos_weight(checkpoint: dict, which: str, correct: bool) -> float:
-    """The CTR pos_weight the ``which`` weights were trained with (1 when not correcting)."""
-    entry = checkpoint.get(which) or {}
-    return float((entry.get("pos_weight") or {}).get("ctr", 1.0)) if correct else 1.0
-
-
-def checkpoint_calibration(checkpoint: dict, which: str, method: str) -> dict | None:
-    """The Platt parameters stored with the ``which`` weights when ``method`` is ``platt``
-    (None otherwise, or for a checkpoint that has none: the odds correction then applies)."""
-    if method != "platt":
-        return None
-    return (checkpoint.get(which) or {}).get("calibration")
-
-
-def model_from_checkpoint(checkpoint: dict, which: str = "best", device="cpu") -> torch.nn.Module:
-    """Rebuild the model from a checkpoint alone (config + model meta + weights)."""
-    cfg = load_config(checkpoint["config"])
-    model = build_model(cfg, ModelMeta(**checkpoint["model_meta"]))
-    entry = checkpoint.get(which)
-    if entry is None:
-        raise ValueError(
-            f"the checkpoint has no '{which}' weights"
-            + (" (train with runtime.save_last: true)" if which == "last" else "")
+        return TrainResult(
+            checkpoint=checkpoint.to_dict(), history=self.history.frame(), summary=summary
         )
-    model.load_state_dict(entry["state_dict"])
-    return model.to(device).eval()

@@ -106,6 +106,20 @@ class LRSchedulers:
         if self.sparse is not None and state.get("sparse") is not None:
             self.sparse.load_state_dict(state["sparse"])
 
+    def sync_lr(self) -> None:
+        """Set each optimiser's learning rate from this schedule at the current step (after
+        loading a state saved under another schedule)."""
+        for sched in (self.dense, self.sparse):
+            if sched is None:
+                continue
+            lrs = [
+                base * fn(sched.last_epoch)
+                for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+            ]
+            for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            sched._last_lr = lrs
+
 
 def build_lr_schedulers(
     dense_opt: Optimizer, sparse_opt: Optimizer | None, cfg: Config, total_steps: int
@@ -138,8 +152,8 @@ def resolve_step_fractions(cfg: Config, total_steps: int) -> Config:
     """A copy of ``cfg`` whose step-valued keys given as fractions of the run are step counts.
 
     Keys: ``optim.lr_scheduler.warmup_steps`` and ``step_milestones``,
-    ``loss.aux_focal.warmup_steps``, ``loss.pos_weight_clip_schedule.milestones`` and
-    ``runtime.valid_every``; a float in (0, 1) is that share of ``total_steps`` (the LR
+    ``loss.aux_focal.warmup_steps``, ``loss.pos_weight_clip_schedule.milestones``,
+    ``runtime.valid_every`` and ``runtime.checkpoint_every``; a float in (0, 1) is that share of ``total_steps`` (the LR
     schedule's span), so one configuration keeps the shape of its schedule at any data size.
     Step counts (ints) are kept as they are.
     """
@@ -175,7 +189,10 @@ def resolve_step_fractions(cfg: Config, total_steps: int) -> Config:
                 update={
                     "valid_every": None
                     if rt.valid_every is None
-                    else _steps(rt.valid_every, total_steps)
+                    else _steps(rt.valid_every, total_steps),
+                    "checkpoint_every": None
+                    if rt.checkpoint_every is None
+                    else _steps(rt.checkpoint_every, total_steps),
                 }
             ),
         }

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-import torch
 
 from rec_pipeline.config import load_config, load_section
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.pipelines.evaluation.nodes import PREDICTION_COLUMNS, evaluate_checkpoint
 from rec_pipeline.train.run import train
+from rec_pipeline.train.state_store import TrainingStateStore
 
 
 def train_model(
@@ -18,6 +18,7 @@ def train_model(
     encoded_valid: ShardSet,
     encoded_train_commons: ShardSet,
     metadata: dict,
+    training_state: TrainingStateStore,
     parameters: dict[str, Any],
 ) -> tuple[dict, pd.DataFrame, dict]:
     """Checkpoint, history and summary of a training run.
@@ -26,10 +27,9 @@ def train_model(
     so that evaluation rebuilds exactly the model that was trained.
     """
     cfg = load_config(parameters)
-    resume = None
-    if cfg.runtime.resume_path:
-        resume = torch.load(cfg.runtime.resume_path, map_location="cpu", weights_only=True)
-    result = train(cfg, metadata, encoded_train, encoded_valid, encoded_train_commons, resume)
+    result = train(
+        cfg, metadata, encoded_train, encoded_valid, encoded_train_commons, training_state
+    )
     return result.checkpoint, result.history, result.summary
 
 

@@ -15,6 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "encoded_valid",
                     "encoded_train_commons",
                     "metadata",
+                    "training_state",
                     "parameters",
                 ],
                 outputs=["model_checkpoint", "training_history", "training_summary"],

@@ -1,0 +1,168 @@
+"""Data-parallel training over the local GPUs (or CPU processes on gloo, for tests).
+
+The training node's process starts one process per rank (``spawn``: the parent never touches
+CUDA) and gets rank 0's result back; the rest of the Kedro run happens once, in the parent. Each
+step, rank r trains on its share of the same global batch (rows ``order[r::N]`` of the epoch's
+permutation); dense gradients are averaged with one flat all-reduce, and each embedding table
+exchanges only the rows the step touched (an all-gather of indices and row gradients), so every
+rank applies the same update and the tables stay identical without ever moving whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the group: ``rank`` of ``world``, on ``device``."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_size(devices: int | str, device_type: str) -> int:
+    """How many ranks ``runtime.devices`` asks for: ``auto`` is every local GPU (1 on a CPU)."""
+    if devices == "auto":
+        return max(torch.cuda.device_count(), 1) if device_type == "cuda" else 1
+    n = int(devices)
+    if device_type == "cuda" and n > torch.cuda.device_count():
+        raise ValueError(
+            f"runtime.devices: {n} GPUs requested, {torch.cuda.device_count()} present"
+        )
+    return n
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for the group's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(worker: Callable[..., Any], world: int, device_type: str, *args: Any) -> Any:
+    """Run ``worker(ranks, *args)`` in ``world`` new processes; return rank 0's return value.
+
+    A rank that raises ends the whole group (the others are terminated, no hang) and the error
+    is raised here with the failing rank's traceback.
+    """
+    port = free_port()
+    # NVLink SHARP multicast stays off: the GPUs' multicast objects are not available to us.
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    with tempfile.TemporaryDirectory(prefix="rec_pipeline_ranks_") as tmp:
+        result = Path(tmp) / "rank0.pt"
+        mp.start_processes(
+            _entry,
+            args=(world, device_type, port, str(result), worker, args),
+            nprocs=world,
+            join=True,
+            start_method="spawn",
+        )
+        return torch.load(result, map_location="cpu", weights_only=False)
+
+
+def _entry(rank, world, device_type, port, result_path, worker, args) -> None:
+    if device_type == "cuda":
+        torch.cuda.set_device(rank)
+        device = torch.device("cuda", rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(
+        "nccl" if device_type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        device_id=device if device_type == "cuda" else None,
+    )
+    if rank != 0:
+        logging.getLogger("rec_pipeline").setLevel(logging.WARNING)
+    try:
+        out = worker(Ranks(rank, world, device), *args)
+        if rank == 0:
+            torch.save(out, result_path)
+    finally:
+        dist.destroy_process_group()
+
+
+class GradientExchange:
+    """Averages gradients over the ranks after ``backward`` (before unscaling and clipping).
+
+    ``dense``: parameters with dense gradients, reduced as one flat buffer (one all-reduce).
+    ``sparse``: embedding tables with sparse COO gradients; each rank contributes the rows it
+    touched (indices int64 [n_r], rows [n_r, C]) and every rank sums the gathered rows: the
+    bytes moved scale with the rows a step touched, not with the table sizes.
+    """
+
+    def __init__(self, dense: Sequence[torch.nn.Parameter], sparse: Sequence[torch.nn.Parameter]):
+        self.dense = [p for p in dense if p.requires_grad]
+        self.sparse = list(sparse)
+        self.world = dist.get_world_size()
+
+    def all_reduce(self) -> None:
+        self._reduce_dense()
+        for p in self.sparse:
+            if p.grad is not None:
+                p.grad = self._reduce_rows(p.grad)
+
+    def _reduce_dense(self) -> None:
+        if not self.dense:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.dense]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(self.dense, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p)
+            offset += n
+
+    def _reduce_rows(self, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.coalesce()
+        idx, rows = g.indices()[0], g.values()
+        idx_all, rows_all = gather_rows(idx, rows)
+        total = torch.sparse_coo_tensor(idx_all.unsqueeze(0), rows_all / self.world, g.shape)
+        return total.coalesce()
+
+
+def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate each rank's tensors (same dim 0 within a rank, any length across ranks) in
+    rank order, on every rank: one all-gather of lengths, one padded all-gather per tensor."""
+    device = tensors[0].device
+    n = torch.tensor([tensors[0].shape[0]], device=device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((longest, *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]))
+    return tuple(out)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Rank 0's weights on every rank (initialisation must not depend on the rank's RNG)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
