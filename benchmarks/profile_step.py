@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from rec_pipeline.config import load_config
-from rec_pipeline.train.inference import autocast
+from rec_pipeline.train.loop import autocast
 from rec_pipeline.train.loop import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,7 +10,7 @@ from kedro_project import TINY, TRAINING, catalog
 
 from rec_pipeline.config import load_config
 from rec_pipeline.data.batches import SplitData, load_commons
-from rec_pipeline.train.inference import evaluate_split
+from rec_pipeline.train.evaluation import Correction, evaluate_model
 from rec_pipeline.train.loop import Trainer, model_from_checkpoint
 
 
@@ -53,11 +53,18 @@ def test_training_beats_a_constant_predictor(data):
     result = Trainer(cfg, meta, train, valid).fit()
     model = model_from_checkpoint(result.checkpoint, "best")
 
-    def scores(**kw):
-        m, _ = evaluate_split(
-            model, test, batch_size=4096, esmm=True, keep_prob=meta["neg_keep_prob_train"], **kw
-        )
-        return m
+    def scores(n_bins, truth=None, ctr_pos_weight=1.0, calibration=None):
+        keep = meta["neg_keep_prob_train"]
+        correction = Correction(keep, ctr_pos_weight, calibration)
+        return evaluate_model(
+            model,
+            test,
+            batch_size=4096,
+            esmm=True,
+            correction=correction,
+            n_bins=n_bins,
+            truth=truth,
+        ).metrics
 
     metrics = scores(n_bins=5, truth=truth)
     ctr = metrics["tasks"]["ctr"]

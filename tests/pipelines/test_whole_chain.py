@@ -128,6 +128,7 @@ def test_registry_lists_every_pipeline(project):
         "encoded_valid",
         "encoded_train_commons",
         "metadata",
+        "training_state",
         "parameters",
     }
     # Sampling reads encoded rows, not the raw or parsed data.

@@ -43,7 +43,7 @@ def test_task_gradient_stats_and_health_metrics():
     stats = _by_structure(task_gradient_stats(model, losses))
     assert stats[("grad_cos", "ctr", None, "cvr")] == 0.0
 
-    cfg = load_config({})
+    cfg = load_config({"esmm": {"lambda_cvr_aux": 0.1}})
     comps = {k: torch.tensor(float(i)) for i, k in enumerate(ESMM_COMPONENTS)}
     tl = task_losses_for_diagnostics(comps, cfg)
     assert float(tl["cvr"]) == pytest.approx(1.0 + 0.1 * 4.0)

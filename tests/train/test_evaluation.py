@@ -12,7 +12,6 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from rec_pipeline.train.evaluation import Correction, evaluate_model, fit_calibration
-from rec_pipeline.train.inference import evaluate_split
 
 
 class ToySplit:
@@ -143,25 +142,3 @@ def test_max_batches_truth_and_fit_calibration():
     moved = fit_calibration(type(res.outputs)(**{**vars(res.outputs), "conversion": shifted}))
     assert moved["cvr"] == params["cvr"] != [1.0, 0.0]
     assert params["ctr"] != [1.0, 0.0]
-
-
-def test_evaluate_split_is_the_same_evaluation():
-    data, model = ToySplit(seed=5), ToyModel()
-    metrics, preds = evaluate_split(
-        model, data, batch_size=64, esmm=True, keep_prob=0.5, n_bins=4, with_predictions=True
-    )
-    res = evaluate_model(
-        model,
-        data,
-        batch_size=64,
-        esmm=True,
-        correction=Correction(keep_prob=0.5),
-        n_bins=4,
-        with_predictions=True,
-    )
-    assert metrics == res.metrics
-    pd.testing.assert_frame_equal(preds, res.predictions)
-    with pytest.raises(ValueError, match="fp32"):
-        evaluate_split(
-            model, data, batch_size=64, esmm=True, keep_prob=1, n_bins=4, amp_dtype=torch.bfloat16
-        )

@@ -18,6 +18,7 @@ from rec_pipeline.metrics.calibration import fit_platt
 from rec_pipeline.metrics.evaluate import Probabilities, metrics_of, probabilities
 
 __all__ = [
+    "PREDICTION_COLUMNS",
     "Correction",
     "Evaluation",
     "SplitOutputs",
@@ -128,6 +129,19 @@ def fit_calibration(outputs: SplitOutputs) -> dict[str, list[float]]:
         "ctr": list(fit_platt(outputs.p_ctr, outputs.click)),
         "cvr": list(fit_platt(outputs.p_cvr[clicked], outputs.conversion[clicked])),
     }
+
+
+# Columns of a prediction table (predictions_frame), also those of an empty one.
+PREDICTION_COLUMNS = [
+    "sample_id",
+    "click",
+    "conversion",
+    "p_ctr",
+    "p_cvr",
+    "p_ctcvr",
+    "p_ctr_uncorrected",
+    "p_cvr_uncorrected",
+]
 
 
 def predictions_frame(outputs: SplitOutputs, probs: Probabilities) -> pd.DataFrame:

@@ -7,6 +7,7 @@ steps, two scheduler steps. Loss components are summed on the device and read ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from rec_pipeline.config import Config
 from rec_pipeline.data.batches import SplitData
+from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.metrics.evaluate import flat_metrics
 from rec_pipeline.model.builder import ModelMeta, build_model, parameter_counts
 from rec_pipeline.train.checkpoint import (
@@ -44,7 +46,6 @@ from rec_pipeline.train.evaluation import (
     predict,
     summarise,
 )
-from rec_pipeline.train.inference import autocast
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
 from rec_pipeline.train.schedules import (
@@ -87,6 +88,13 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16/fp16 autocast on CUDA when AMP is on; a no-op context otherwise."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
 def resolve_amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU supports it (fp16 otherwise); no autocast on the CPU."""
     if not cfg.runtime.amp or device.type != "cuda":
@@ -98,17 +106,15 @@ def resolve_amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def model_meta_from_metadata(metadata: dict) -> ModelMeta:
+def model_meta_from_metadata(metadata: DatasetMetadata) -> ModelMeta:
     """The model's view of the data: field order, table sizes, training positive rates."""
-    fields = metadata["fields"]
-    train = metadata["splits"]["train"]
     return ModelMeta(
-        skeleton_fields=[f["name"] for f in fields if f["side"] == "skeleton"],
-        common_fields=[f["name"] for f in fields if f["side"] == "common"],
-        vocab_sizes={f["name"]: int(f["vocab_size"]) for f in fields},
+        skeleton_fields=metadata.names("skeleton"),
+        common_fields=metadata.names("common"),
+        vocab_sizes=metadata.vocab_sizes,
         prior_rates={
-            "ctr": float(np.clip(train["ctr"] or 0.05, 1e-6, 1 - 1e-6)),
-            "cvr": float(np.clip(train["cvr"] or 0.01, 1e-6, 1 - 1e-6)),
+            "ctr": float(np.clip(metadata.rate("train", "ctr") or 0.05, 1e-6, 1 - 1e-6)),
+            "cvr": float(np.clip(metadata.rate("train", "cvr") or 0.01, 1e-6, 1 - 1e-6)),
         },
     )
 
@@ -229,13 +235,14 @@ class Trainer:
     def __init__(
         self,
         cfg: Config,
-        metadata: dict,
+        metadata: DatasetMetadata | dict,
         train: SplitData,
         valid: SplitData | None,
         *,
         resume: dict | Checkpoint | None = None,
         state_store: StateStore | None = None,
     ):
+        metadata = DatasetMetadata.coerce(metadata)
         self.metadata, self.train_data, self.valid_data = metadata, train, valid
         self.device = train.device
         self.amp_dtype = resolve_amp_dtype(cfg, self.device)
@@ -264,7 +271,7 @@ class Trainer:
         self._window_sums: torch.Tensor | None = None  # loss sums of the log interval, on device
         self._window_n = 0
         self._loss_names: list[str] = []
-        self.keep_prob = float(metadata.get("neg_keep_prob_train", 1.0))
+        self.keep_prob = metadata.neg_keep_prob_train
         self.checkpoint_every = int(cfg.runtime.checkpoint_every or 0)
         self.state_store = state_store if self.checkpoint_every else None
         if ckpt is not None:
@@ -341,7 +348,7 @@ class Trainer:
     def _checkpoint(self, last: Snapshot | None, state: TrainingState | None) -> Checkpoint:
         return Checkpoint(
             config=self.cfg.model_dump(mode="json", by_alias=True),
-            metadata=self.metadata,
+            metadata=self.metadata.to_dict(),
             model_meta=dataclasses.asdict(self.meta),
             parameter_counts=self.param_counts,
             best=self.best,

@@ -1,16 +1,25 @@
-"""One training run from encoded shards: where it resumes from, the splits loaded onto the
-device, the trainer run."""
+"""Runs from encoded shards: a training run (where it resumes from, the splits on the device,
+the trainer), and a saved checkpoint scored on one split."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+import pandas as pd
 
 from rec_pipeline.atomic_io import load_torch
-from rec_pipeline.config import Config
+from rec_pipeline.config import Config, EvaluationConfig, load_config
 from rec_pipeline.data.batches import load_splits
 from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.data.shards import ShardSet
-from rec_pipeline.train.checkpoint import Checkpoint
+from rec_pipeline.train.checkpoint import (
+    Checkpoint,
+    checkpoint_calibration,
+    checkpoint_ctr_pos_weight,
+    model_from_checkpoint,
+)
+from rec_pipeline.train.evaluation import Correction, evaluate_model, summarise
 from rec_pipeline.train.loop import Trainer, TrainResult, resolve_device
 from rec_pipeline.train.state_store import TrainingStateStore
 
@@ -47,5 +56,54 @@ def train(
     splits = load_splits(metadata, {"train": train_rows, "valid": valid_rows}, commons, device)
     tr, va = splits["train"], splits["valid"]
     log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(tr), len(va), device)
-    trainer = Trainer(cfg, metadata.to_dict(), tr, va, resume=resume, state_store=state_store)
+    trainer = Trainer(cfg, metadata, tr, va, resume=resume, state_store=state_store)
     return trainer.fit()
+
+
+def evaluate_checkpoint(
+    checkpoint: dict,
+    split: str,
+    samples: ShardSet,
+    commons: ShardSet,
+    truth: pd.DataFrame | None,
+    *,
+    which: str,
+    settings: EvaluationConfig,
+    device: str,
+    with_predictions: bool = True,
+) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """Predictions and metrics (docs/model.md, Metrics) of the checkpoint's ``which`` weights
+    (best or last) on one split, in fp32. The checkpoint, not today's parameters, defines the
+    model, its data layout and its calibration; ``settings`` is the ``evaluation`` section."""
+    dev = resolve_device(device)
+    metadata = DatasetMetadata.coerce(checkpoint["metadata"])
+    trained = load_config(checkpoint["config"])
+    data = load_splits(metadata, {split: samples}, commons, dev)[split]
+    correction = Correction(
+        keep_prob=metadata.neg_keep_prob_train,
+        ctr_pos_weight=checkpoint_ctr_pos_weight(checkpoint, which, settings.correct_pos_weight),
+        calibration=checkpoint_calibration(checkpoint, which, settings.calibration),
+    )
+    result = evaluate_model(
+        model_from_checkpoint(checkpoint, which, dev),
+        data,
+        batch_size=settings.batch_size,
+        esmm=trained.use_esmm,
+        correction=correction,
+        n_bins=settings.calibration_bins,
+        truth=truth,
+        with_predictions=with_predictions,
+    )
+    metrics = result.metrics
+    metrics.update(
+        {
+            "split": split,
+            "checkpoint": which,
+            "checkpoint_step": (checkpoint.get(which) or {}).get("step"),
+            "experiment": trained.experiment.name,
+            "vocab_fingerprint": metadata.vocab_fingerprint,
+            "device": str(dev),
+        }
+    )
+    log.info("evaluation (%s, %s checkpoint): %s", split, which, summarise(metrics))
+    return result.predictions, metrics

@@ -8,8 +8,8 @@ import pandas as pd
 
 from rec_pipeline.config import load_config, load_section
 from rec_pipeline.data.shards import ShardSet
-from rec_pipeline.pipelines.evaluation.nodes import PREDICTION_COLUMNS, evaluate_checkpoint
-from rec_pipeline.train.run import train
+from rec_pipeline.train.evaluation import PREDICTION_COLUMNS
+from rec_pipeline.train.run import evaluate_checkpoint, train
 from rec_pipeline.train.state_store import TrainingStateStore
 
 
