@@ -500,6 +500,9 @@ class EsmmConfig(_Model):
 
 class RuntimeConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "cuda"
+    # Local devices to train on, data-parallel (train/distributed.py): a count, or auto for
+    # every local GPU. On device "cpu" a count > 1 runs that many CPU processes (gloo).
+    devices: int | Literal["auto"] = Field(1)
     epochs: int = Field(2, gt=0)
     log_every: int = Field(100, gt=0)
     # Validation interval in steps (or a fraction of the run); null uses log_every (the source
@@ -533,6 +536,13 @@ class RuntimeConfig(_Model):
     save_last: bool = True
     progress_bar: bool = True
     valid_batch_size: int | None = Field(None, gt=0)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("devices must be >= 1 or 'auto'")
+        return v
 
     @field_validator("valid_every")
     @classmethod

@@ -275,13 +275,20 @@ class SplitData:
         generator: np.random.Generator | None = None,
         drop_last: bool = False,
         start: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
         """Batches in order (evaluation) or by a seeded permutation (training).
 
-        ``start`` skips that many batches of the same order (resuming mid-epoch).
+        ``start`` skips that many batches of the same order (resuming mid-epoch). ``shard``
+        ``(rank, world)``: this rank's rows ``order[rank::world]``, cut to ``n // world`` so
+        that every rank takes the same number of steps (data-parallel training).
         """
+        rank, world = shard
         n = len(self)
         order = generator.permutation(n) if shuffle else np.arange(n)
+        if world > 1:
+            n = n // world
+            order = order[rank::world][:n]
         if drop_last:
             order = order[: n - n % batch_size]
         if len(order) == 0:

@@ -14,6 +14,8 @@ import logging
 import os
 import socket
 import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +71,37 @@ def launch(worker: Callable[..., Any], world: int, device_type: str, *args: Any)
     # NVLink SHARP multicast stays off: the GPUs' multicast objects are not available to us.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     with tempfile.TemporaryDirectory(prefix="rec_pipeline_ranks_") as tmp:
-        result = Path(tmp) / "rank0.pt"
-        mp.start_processes(
-            _entry,
-            args=(world, device_type, port, str(result), worker, args),
-            nprocs=world,
-            join=True,
-            start_method="spawn",
-        )
-        return torch.load(result, map_location="cpu", weights_only=False)
+        try:
+            mp.start_processes(
+                _entry,
+                args=(world, device_type, port, tmp, worker, args),
+                nprocs=world,
+                join=True,
+                start_method="spawn",
+            )
+        except ProcessException as exc:
+            raise RankFailedError(_first_failure(Path(tmp)) or str(exc)) from exc
+        return torch.load(Path(tmp) / "rank0.pt", map_location="cpu", weights_only=False)
 
 
-def _entry(rank, world, device_type, port, result_path, worker, args) -> None:
+class RankFailedError(RuntimeError):
+    """A rank of a data-parallel run raised; the message holds the first failure's traceback."""
+
+
+def _first_failure(folder: Path) -> str | None:
+    """The traceback of the rank that failed first: the others' errors are mostly the broken
+    connections its exit left behind."""
+    failures = []
+    for f in folder.glob("rank*.err"):
+        when, _, text = f.read_text().partition("\n")
+        failures.append((float(when), f.stem, text))
+    if not failures:
+        return None
+    _, rank, text = min(failures)
+    return f"{rank} failed first:\n{text}"
+
+
+def _entry(rank, world, device_type, port, folder, worker, args) -> None:
     if device_type == "cuda":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
@@ -97,7 +119,10 @@ def _entry(rank, world, device_type, port, result_path, worker, args) -> None:
     try:
         out = worker(Ranks(rank, world, device), *args)
         if rank == 0:
-            torch.save(out, result_path)
+            torch.save(out, Path(folder) / "rank0.pt")
+    except BaseException:
+        (Path(folder) / f"rank{rank}.err").write_text(f"{time.time()}\n{traceback.format_exc()}")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -150,7 +175,7 @@ def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     n = torch.tensor([tensors[0].shape[0]], device=device, dtype=torch.int64)
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
+    counts = torch.cat(sizes).tolist()  # one host read for every rank's length
     longest = max(counts)
     out = []
     for t in tensors:
@@ -160,6 +185,13 @@ def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dist.all_gather(parts, padded)
         out.append(torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]))
     return tuple(out)
+
+
+def all_ranks_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks (a new tensor, on every rank)."""
+    out = t.clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

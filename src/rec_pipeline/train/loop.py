@@ -39,6 +39,12 @@ from rec_pipeline.train.diagnostics import (
     task_gradient_stats,
     task_losses_for_diagnostics,
 )
+from rec_pipeline.train.distributed import (
+    GradientExchange,
+    Ranks,
+    all_ranks_mean,
+    broadcast_parameters,
+)
 from rec_pipeline.train.evaluation import (
     Correction,
     evaluate_model,
@@ -241,8 +247,14 @@ class Trainer:
         *,
         resume: dict | Checkpoint | None = None,
         state_store: StateStore | None = None,
+        ranks: Ranks | None = None,
     ):
         metadata = DatasetMetadata.coerce(metadata)
+        # Data-parallel: every rank runs this trainer on its share of each global batch; only
+        # rank 0 validates, saves states and returns the result (train/distributed.py).
+        self.ranks = ranks
+        self.world = 1 if ranks is None else ranks.world
+        self.is_main = ranks is None or ranks.is_main
         self.metadata, self.train_data, self.valid_data = metadata, train, valid
         self.device = train.device
         self.amp_dtype = resolve_amp_dtype(cfg, self.device)
@@ -251,7 +263,8 @@ class Trainer:
         self.model = build_model(cfg, self.meta).to(self.device)
         self.opt = build_optimizers(self.model, cfg)
         self._set_guarded_parameters()
-        bs, n = cfg.data.batch_size, len(train)
+        self.exchange = self._join_ranks(cfg.runtime.seed)
+        bs, n = cfg.data.batch_size, len(train) // self.world
         self.steps_per_epoch = n // bs if cfg.data.drop_last else math.ceil(n / bs)
         if self.steps_per_epoch == 0:
             raise ValueError(f"training split has {n} rows: fewer than one batch of {bs}")
@@ -290,6 +303,18 @@ class Trainer:
             self.stop_step,
             self.total_steps,
         )
+
+    def _join_ranks(self, seed: int) -> GradientExchange | None:
+        """With several ranks: one set of initial weights, dropout and gate noise of each rank's
+        own, and the gradient exchange every step."""
+        if self.world == 1:
+            return None
+        broadcast_parameters(self.model)
+        torch.manual_seed(seed + self.ranks.rank)
+        sparse = self.model.embedding.sparse_parameters()
+        ids = {id(p) for p in sparse}
+        dense = [p for p in self.model.parameters() if id(p) not in ids]
+        return GradientExchange(dense, sparse)
 
     def _set_guarded_parameters(self) -> None:
         """Which parameters ``grad_clip_norm`` clips and the finite check reads every step.
@@ -416,6 +441,7 @@ class Trainer:
                 generator=rng,
                 drop_last=cfg.data.drop_last,
                 start=skip,
+                shard=(0, 1) if self.ranks is None else (self.ranks.rank, self.world),
             ):
                 if self.step >= self.stop_step:
                     break
@@ -429,14 +455,15 @@ class Trainer:
         if values is not None:
             self._window_sums = values if self._window_sums is None else self._window_sums + values
             self._window_n += 1
-        clock.rows_window += batch.size
-        clock.rows_seen += batch.size
+        clock.rows_window += batch.size * self.world  # every rank trains on a batch
+        clock.rows_seen += batch.size * self.world
         self.step += 1
         bar.update(1)
         if self.step % rt.log_every == 0 or self.step == self.stop_step:
             self._log_window(clock, bar)
         end_of_epoch = self.step % self.steps_per_epoch == 0
-        if self.step % self.cfg.valid_every == 0 or end_of_epoch or self.step == self.stop_step:
+        due = self.step % self.cfg.valid_every == 0 or end_of_epoch or self.step == self.stop_step
+        if due and self.is_main:  # on all validation rows: one rank, global metrics
             t_valid = time.perf_counter()
             self._validate()
             clock.aside(time.perf_counter() - t_valid)
@@ -447,7 +474,10 @@ class Trainer:
     def _log_window(self, clock: _Clock, bar) -> None:
         means: dict[str, float] = {}
         if self._window_n:
-            sums = (self._window_sums / self._window_n).tolist()
+            window = self._window_sums / self._window_n
+            if self.exchange is not None:  # the mean over every rank's batches
+                window = all_ranks_mean(window)
+            sums = window.tolist()
             means = dict(zip(self._loss_names, sums, strict=True))
         dt = time.perf_counter() - clock.t_window
         means["samples_per_s"] = clock.rows_window / max(dt, 1e-9)
@@ -501,6 +531,8 @@ class Trainer:
                 )
         self.opt.zero_grad()
         self.scaler.scale(res.total).backward()
+        if self.exchange is not None:
+            self.exchange.all_reduce()
         # One stacked vector per step: one add per step, one device read per log line.
         self._loss_names, values = res.stacked()
         updated = self._apply_gradients(values, self._loss_names)
@@ -622,8 +654,11 @@ class Trainer:
         return fit_calibration(outputs)
 
     # ------------------------------------------------------------------------------ result
-    def _result(self, clock: _Clock) -> TrainResult:
+    def _result(self, clock: _Clock) -> TrainResult | None:
+        """The checkpoint, history and summary (rank 0's; the other ranks return None)."""
         elapsed = time.perf_counter() - clock.t_start
+        if not self.is_main:
+            return None
         last = state = None
         if self.cfg.runtime.save_last:
             state = self._training_state()
@@ -646,6 +681,7 @@ class Trainer:
             "best_metrics": self.best.metrics,
             "parameter_counts": self.param_counts,
             "nonfinite_skipped_batches": self.nonfinite_skipped,
+            "devices": self.world,
         }
         if self.device.type == "cuda":
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)

@@ -19,6 +19,7 @@ from rec_pipeline.train.checkpoint import (
     checkpoint_ctr_pos_weight,
     model_from_checkpoint,
 )
+from rec_pipeline.train.distributed import Ranks, launch, world_size
 from rec_pipeline.train.evaluation import Correction, evaluate_model, summarise
 from rec_pipeline.train.loop import Trainer, TrainResult, resolve_device
 from rec_pipeline.train.state_store import TrainingStateStore
@@ -49,15 +50,32 @@ def train(
     state_store: TrainingStateStore | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` on ``train_rows``, validating on ``valid_rows`` (both joined to the
-    training file's ``commons``); periodic states go to ``state_store``."""
+    training file's ``commons``); periodic states go to ``state_store``. With
+    ``runtime.devices`` > 1 the run is data-parallel over that many local devices, started from
+    here; the result is the same kind either way."""
     metadata = DatasetMetadata.coerce(metadata)
     resume = resume_point(cfg, state_store)
     device = resolve_device(cfg.runtime.device)
+    world = world_size(cfg.runtime.devices, device.type)
+    if world > 1:
+        log.info("Training data-parallel on %d %s devices.", world, device.type)
+        args = (cfg, metadata.to_dict(), train_rows, valid_rows, commons, resume, state_store)
+        return launch(_train_rank, world, device.type, *args)
+    return _fit(cfg, metadata, train_rows, valid_rows, commons, resume, state_store, device)
+
+
+def _fit(cfg, metadata, train_rows, valid_rows, commons, resume, store, device, ranks=None):
     splits = load_splits(metadata, {"train": train_rows, "valid": valid_rows}, commons, device)
     tr, va = splits["train"], splits["valid"]
     log.info("Loaded train (%d rows) and valid (%d rows) onto %s.", len(tr), len(va), device)
-    trainer = Trainer(cfg, metadata, tr, va, resume=resume, state_store=state_store)
+    trainer = Trainer(cfg, metadata, tr, va, resume=resume, state_store=store, ranks=ranks)
     return trainer.fit()
+
+
+def _train_rank(ranks: Ranks, cfg, metadata, train_rows, valid_rows, commons, resume, store):
+    """One rank of a data-parallel run (in its own process); rank 0 alone saves states."""
+    store = store if ranks.is_main else None
+    return _fit(cfg, metadata, train_rows, valid_rows, commons, resume, store, ranks.device, ranks)
 
 
 def evaluate_checkpoint(
