@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rec_pipeline.data import aliccp
 from rec_pipeline.data.aliccp import (
     COMMON_KIND,
     OTHER_FIELDS,
@@ -25,6 +24,8 @@ from rec_pipeline.data.aliccp import (
     parse_file,
     rows_schema,
 )
+from rec_pipeline.data.aliccp import fields as aliccp_fields
+from rec_pipeline.data.aliccp import parser as aliccp_parser
 
 SK_FIELDS = ["205", "206", "216", "853"]
 CM_FIELDS = ["101", "109_14", "121", "150_14"]
@@ -500,7 +501,7 @@ def test_slices_inside_a_chunk(tmp_path, monkeypatch):
     data += b"1,0,0,a,1,205\x025\x031.0\r\n" + random_file(rng, SKELETON_KIND, SK_FIELDS, 100)
     path = write(tmp_path, data)
     expected = run_parser(path, SKELETON_KIND, SK_FIELDS, 1 << 20)
-    monkeypatch.setattr(aliccp, "_SLICE_BYTES", 300)
+    monkeypatch.setattr(aliccp_parser, "_SLICE_BYTES", 300)
     for chunk in (64, 5000, 1 << 20):
         report, rows, quarantine = assert_matches_reference(path, SKELETON_KIND, SK_FIELDS, chunk)
         assert (report, rows, quarantine) == expected
@@ -509,7 +510,7 @@ def test_slices_inside_a_chunk(tmp_path, monkeypatch):
 
 
 def test_unknown_field_names_are_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(aliccp, "_MAX_UNKNOWN_FIELDS", 2)
+    monkeypatch.setattr(aliccp_fields, "_MAX_UNKNOWN_FIELDS", 2)
     tokens = ["901", "902", "903", "904", "a_long_unknown_token", "901"]
     lines = [sk_line(i, 0, 0, "a", [feat(t, 1, "1.0"), feat("205", i, "1")]) for i, t in enumerate(tokens)]  # fmt: skip
     path = write(tmp_path, to_bytes(lines))
@@ -667,7 +668,7 @@ def test_random_lines_match_reference(tmp_path, kind):
 
 
 def test_random_lines_in_many_slices(tmp_path, monkeypatch):
-    monkeypatch.setattr(aliccp, "_SLICE_BYTES", 2000)
+    monkeypatch.setattr(aliccp_parser, "_SLICE_BYTES", 2000)
     for kind, fields, seed in ((SKELETON_KIND, SK_FIELDS, 5), (COMMON_KIND, CM_FIELDS, 6)):
         path = write(tmp_path, random_file(random.Random(seed), kind, fields, 1000), f"{kind}.csv")
         assert_matches_reference(path, kind, fields, 1 << 20)
