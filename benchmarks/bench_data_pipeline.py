@@ -6,7 +6,7 @@ does (each yielded chunk written as a Parquet shard), and reports raw MB/s per s
 whole path, and the subprocess's peak RSS during the processing (the high-water mark is reset
 after the imports). Memory must stay flat as the input grows.
 
-    python benchmarks/bench_data_pipeline.py --rows 500000 2000000
+    python -m benchmarks.bench_data_pipeline --rows 500000 2000000
 """
 
 from __future__ import annotations
@@ -109,7 +109,15 @@ def main() -> None:
             mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
             work = Path(tmp) / f"work_{n}"
             out = subprocess.run(
-                [sys.executable, __file__, "--measure", str(raw), str(work)],
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_data_pipeline",
+                    "--measure",
+                    str(raw),
+                    str(work),
+                ],
+                cwd=ROOT,
                 capture_output=True,
                 text=True,
                 check=True,

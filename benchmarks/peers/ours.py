@@ -11,7 +11,6 @@ returns the per-row predictions so that the harness scores them with its own met
 Import chain: ``rec_pipeline.pipelines.data_processing/__init__.py`` imports Kedro (through its
 ``pipeline.py``); the node module itself does not. :func:`run_ours` imports the node module under
 a bare stand-in for that package, so nothing here imports Kedro (nor ``rec_pipeline.datasets``).
-When the package is not installed, ``<repo>/src`` is put on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ import types
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def split_overrides(overrides: str) -> list[str]:
@@ -80,11 +77,8 @@ def run_ours(
     project's own test metrics (``self_reported``) for cross-checking and the effective
     ``params``.
     """
-    try:
-        import rec_pipeline
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "src"))
-        import rec_pipeline
+    import rec_pipeline
+
     pkg = "rec_pipeline.pipelines.data_processing"
     stand_in = None
     if pkg not in sys.modules:

@@ -86,7 +86,8 @@ def feature_lists(
     tokens = concat(prefix, int_text(ids), pa.scalar(VALUE_SEP, type=TEXT), values.cast(TEXT))
     offsets = np.zeros(len(per_line) + 1, dtype=np.int64)
     np.cumsum(per_line, out=offsets[1:])
-    return pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets), tokens), FEATURE_SEP)
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), tokens)
+    return pc.binary_join(lists, pa.scalar(FEATURE_SEP, type=TEXT))
 
 
 def skeleton_lines(
