@@ -25,9 +25,9 @@ from rec_pipeline.data.aliccp.reference import (
 )
 from rec_pipeline.data.aliccp.report import ParseReport, ParseResult
 from rec_pipeline.data.aliccp.scan import (
-    _C_BAD,
-    _C_NL,
-    _C_X03,
+    C_BAD,
+    C_NL,
+    C_X03,
     after_last_newline,
     check_structure,
     gather_strings,
@@ -175,7 +175,7 @@ class FileParser:
         sp, cls = scan(b)
         term, bad_struct = check_structure(sp, cls, self._n_commas)
         if bad_struct.any():  # "\r\n" line ends? Drop those '\r' (in a copy of the slice).
-            bad = sp[cls == _C_BAD]
+            bad = sp[cls == C_BAD]
             crlf = bad[(b[bad] == ord("\r")) & (b[bad + 1] == ord("\n"))]
             if crlf.size:
                 keep = np.ones(n, dtype=bool)
@@ -338,7 +338,7 @@ def _valid_lines(sp, cls, term, bad_struct) -> _Lines:
         line_idx = np.flatnonzero(~bad_struct)
         keep = np.repeat(~bad_struct, np.diff(term, prepend=-1))
         sp, cls = sp[keep], cls[keep]
-        term = np.flatnonzero(cls == _C_NL)
+        term = np.flatnonzero(cls == C_NL)
     return _Lines(line_start, nl_pos, line_idx, sp, cls, term)
 
 
@@ -356,7 +356,7 @@ def _locate_tokens(lines: _Lines, b: np.ndarray, nc: int) -> _Tokens:
     h_start[:, 1:] = h_end[:, :-1] + 1
     h_start[:, 0] = lines.line_start[lines.line_idx]
     # Features: one per '\x03'; the separator before a field is a comma or '\x01' of its line.
-    i3 = np.flatnonzero(cls == _C_X03)
+    i3 = np.flatnonzero(cls == C_X03)
     p3 = np.take(sp, i3)
     p2 = np.take(sp, i3 - 1)
     pf = np.take(sp, i3 - 2)

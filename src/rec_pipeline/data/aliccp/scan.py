@@ -13,22 +13,22 @@ import numpy as np
 import pyarrow as pa
 
 # Separator classes. Byte -> class; 0 means "ordinary printable byte".
-_C_X01, _C_X02, _C_X03, _C_COMMA, _C_NL, _C_BAD = 1, 2, 3, 4, 5, 6
-_CLASS = np.full(256, _C_BAD, dtype=np.uint8)
+C_X01, C_X02, C_X03, C_COMMA, C_NL, C_BAD = 1, 2, 3, 4, 5, 6
+_CLASS = np.full(256, C_BAD, dtype=np.uint8)
 _CLASS[0x20:0x7F] = 0
-_CLASS[[1, 2, 3, ord(","), ord("\n")]] = [_C_X01, _C_X02, _C_X03, _C_COMMA, _C_NL]
+_CLASS[[1, 2, 3, ord(","), ord("\n")]] = [C_X01, C_X02, C_X03, C_COMMA, C_NL]
 # Allowed (previous class, next class) pairs, indexed prev * 8 + next. A valid line is
 # ",,...,"  then either nothing or  "\x02\x03" ("\x01\x02\x03")*  then "\n".
 _ALLOWED_STEP = np.zeros(64, dtype=bool)
 for _a, _b in [
-    (_C_COMMA, _C_COMMA),
-    (_C_COMMA, _C_X02),
-    (_C_COMMA, _C_NL),
-    (_C_NL, _C_COMMA),
-    (_C_X02, _C_X03),
-    (_C_X03, _C_X01),
-    (_C_X03, _C_NL),
-    (_C_X01, _C_X02),
+    (C_COMMA, C_COMMA),
+    (C_COMMA, C_X02),
+    (C_COMMA, C_NL),
+    (C_NL, C_COMMA),
+    (C_X02, C_X03),
+    (C_X03, C_X01),
+    (C_X03, C_NL),
+    (C_X01, C_X02),
 ]:
     _ALLOWED_STEP[_a * 8 + _b] = True
 
@@ -39,12 +39,12 @@ def check_structure(sp: np.ndarray, cls: np.ndarray, nc: int) -> tuple[np.ndarra
     Returns term: [n_lines] separator index of each line's '\\n', and bad_struct:
     [n_lines] bool.
     """
-    term = np.flatnonzero(cls == _C_NL)
+    term = np.flatnonzero(cls == C_NL)
     n_lines = term.size
     bad_struct = np.zeros(n_lines, dtype=bool)
     step = (cls[:-1] << np.uint8(3)) | cls[1:]  # prev * 8 + next, [n_seps - 1]
     bad_steps = np.flatnonzero(~np.take(_ALLOWED_STEP, step)) + 1  # separator entered
-    bad_struct[0] = cls[0] != _C_COMMA
+    bad_struct[0] = cls[0] != C_COMMA
     if bad_steps.size:
         bad_struct[np.searchsorted(term, bad_steps)] = True
     # Commas can only open a line (transitions), so "exactly nc commas" is: separator
@@ -55,8 +55,8 @@ def check_structure(sp: np.ndarray, cls: np.ndarray, nc: int) -> tuple[np.ndarra
     last_comma = first + (nc - 1)
     top = cls.size - 1
     bad_struct |= last_comma >= term
-    bad_struct |= np.take(cls, np.minimum(last_comma, top)) != _C_COMMA
-    bad_struct |= np.take(cls, np.minimum(last_comma + 1, top)) == _C_COMMA
+    bad_struct |= np.take(cls, np.minimum(last_comma, top)) != C_COMMA
+    bad_struct |= np.take(cls, np.minimum(last_comma + 1, top)) == C_COMMA
     # No feature: the text after the last comma must be empty too.
     no_features = np.flatnonzero(last_comma + 1 == term)
     if no_features.size:
