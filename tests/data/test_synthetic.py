@@ -638,3 +638,19 @@ def test_world2_environment(tmp_path):
     assert 0.08 < test.unseen_item_impression_share < 0.2
     assert 350 < sum(test.behaviour_list_mean.values()) < 650
     assert abs(test.mean_p_ctr / config.ctr_rate - 1) < 0.2, test.mean_p_ctr
+
+
+def test_one_definition_of_the_keys():
+    """The generator's config is the project's parameters: same keys, defaults and checks."""
+    from rec_pipeline.config import ConfigError, SyntheticParams, load_config
+
+    assert issubclass(syn.SyntheticConfig, SyntheticParams)
+    assert set(syn.SyntheticConfig.model_fields) == set(SyntheticParams.model_fields)
+    assert SyntheticParams().build() == syn.SyntheticConfig()
+    params = SyntheticParams(**TINY)
+    assert params.build().fingerprint() == TINY_FINGERPRINT
+    for bad in (dict(n_users=True), dict(n_users=2.0), dict(seed="1"), dict(ctr_rate=1.0)):
+        with pytest.raises(ValueError):
+            SyntheticParams(**bad)
+    with pytest.raises(ConfigError, match="synthetic.n_train_rows"):
+        load_config({"synthetic": {"n_train_rows": 0}})

@@ -137,16 +137,13 @@ class _UserModel:
     theta_alpha: np.ndarray
     topic_mass: np.ndarray
     noise: float
-    p_gender: np.ndarray | None = None
-    p_age: np.ndarray | None = None
-    p_cons: np.ndarray | None = None
-    profile_effect: dict[str, np.ndarray] | None = None
+    p_gender: np.ndarray
+    p_age: np.ndarray
+    p_cons: np.ndarray
+    profile_effect: dict[str, np.ndarray]
 
     def topic_cum(self, theta: np.ndarray) -> np.ndarray:
-        theta = theta / np.maximum(theta.sum(axis=1, keepdims=True), 1e-300)
-        theta = 0.85 * theta + 0.15 * self.topic_mass
-        theta_cum = np.cumsum(theta, axis=1)
-        return theta_cum / theta_cum[:, -1:]
+        return _topic_cum(theta, self.topic_mass)
 
     def latent(self, profile: np.ndarray, noise_draw: np.ndarray) -> np.ndarray:
         return (
@@ -180,8 +177,19 @@ class _ItemEffects:
     effect: np.ndarray
     quality: np.ndarray
 
-    def item_latent(self, cat: np.ndarray, noise_draw: np.ndarray, noise: float) -> np.ndarray:
-        return (self.cat_latent[cat] + noise * noise_draw) / math.sqrt(1.0 + noise**2)
+
+def _topic_cum(theta: np.ndarray, topic_mass: np.ndarray) -> np.ndarray:
+    """Each user's cumulative topic distribution: its draw, shrunk towards the topic mass."""
+    theta = theta / np.maximum(theta.sum(axis=1, keepdims=True), 1e-300)
+    theta = 0.85 * theta + 0.15 * topic_mass
+    theta_cum = np.cumsum(theta, axis=1)
+    return theta_cum / theta_cum[:, -1:]
+
+
+def _item_latent(
+    cat_latent: np.ndarray, cat: np.ndarray, noise_draw: np.ndarray, noise: float
+) -> np.ndarray:
+    return (cat_latent[cat] + noise * noise_draw) / math.sqrt(1.0 + noise**2)
 
 
 def build_world(config: SyntheticConfig) -> World:
@@ -189,10 +197,10 @@ def build_world(config: SyntheticConfig) -> World:
     rng = rng_for(config, 99)
     all_ids, raw = _raw_ids(config, rng)
     cat = _catalogue(config, rng)
-    model, users = _draw_users(config, rng, cat.topic_mass)
+    model, users = _draw_users(config, rng, cat.topic_mass, raw["101"])
     fx = _draw_item_effects(config, rng, cat.items)
     effects = _draw_effects(config, rng)
-    _add_new_users(config, model, users, raw, all_ids)
+    _add_new_users(config, model, users, all_ids)
     items, item_ids, new_item_sampler = _add_new_items(config, cat, fx, raw, all_ids, users.ids)
     return World(
         n_topics=config.n_topics,
@@ -293,7 +301,7 @@ def _draw_items(
 
 
 def _draw_users(
-    config: SyntheticConfig, rng: np.random.Generator, topic_mass: np.ndarray
+    config: SyntheticConfig, rng: np.random.Generator, topic_mass: np.ndarray, ids: np.ndarray
 ) -> tuple[_UserModel, _Users]:
     """The old users, and the model that draws them (reused for the test-only users)."""
     n_users, k, T = config.n_users, config.latent_dim, config.n_topics
@@ -304,16 +312,15 @@ def _draw_users(
     profile = np.stack(profile_cols, axis=1)
     activity = rng.lognormal(0.0, 0.8, size=n_users)
     theta_alpha = np.maximum(0.3 * T * topic_mass, 1e-3)
-    model = _UserModel(profile_p, theta_alpha, topic_mass, config.latent_noise)
-    theta_cum = model.topic_cum(rng.gamma(theta_alpha, size=(n_users, T)))
-    model.p_gender = rng.normal(size=(PROFILE_CARDINALITY["124"], k))
-    model.p_age = rng.normal(size=(PROFILE_CARDINALITY["125"], k))
-    model.p_cons = rng.normal(size=(PROFILE_CARDINALITY["126"], k))
-    user_u = model.latent(profile, rng.normal(size=(n_users, k)))
-    model.profile_effect = {
-        f: rng.normal(0.0, 1.0, size=PROFILE_CARDINALITY[f]) for f in PROFILE_FIELDS
-    }
-    users = _Users(np.empty(0, np.int64), profile, activity / activity.sum(), theta_cum, user_u)
+    theta_cum = _topic_cum(rng.gamma(theta_alpha, size=(n_users, T)), topic_mass)
+    p_latent = [rng.normal(size=(PROFILE_CARDINALITY[f], k)) for f in ("124", "125", "126")]
+    noise_draw = rng.normal(size=(n_users, k))
+    profile_effect = {f: rng.normal(0.0, 1.0, size=PROFILE_CARDINALITY[f]) for f in PROFILE_FIELDS}
+    model = _UserModel(
+        profile_p, theta_alpha, topic_mass, config.latent_noise, *p_latent, profile_effect
+    )
+    user_u = model.latent(profile, noise_draw)
+    users = _Users(ids, profile, activity / activity.sum(), theta_cum, user_u)
     return model, users
 
 
@@ -321,11 +328,11 @@ def _draw_item_effects(
     config: SyntheticConfig, rng: np.random.Generator, items: _Items
 ) -> _ItemEffects:
     k = config.latent_dim
-    fx = _ItemEffects(rng.normal(size=(config.n_categories, k)), None, None, None)
-    fx.v = fx.item_latent(items.cat, rng.normal(size=(config.n_items, k)), config.latent_noise)
-    fx.effect = rng.normal(size=config.n_items)
-    fx.quality = rng.normal(size=config.n_items)
-    return fx
+    cat_latent = rng.normal(size=(config.n_categories, k))
+    noise_draw = rng.normal(size=(config.n_items, k))
+    v = _item_latent(cat_latent, items.cat, noise_draw, config.latent_noise)
+    effect = rng.normal(size=config.n_items)
+    return _ItemEffects(cat_latent, v, effect, rng.normal(size=config.n_items))
 
 
 def _draw_effects(config: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -343,14 +350,9 @@ def _draw_effects(config: SyntheticConfig, rng: np.random.Generator) -> dict[str
 
 
 def _add_new_users(
-    config: SyntheticConfig,
-    model: _UserModel,
-    users: _Users,
-    raw: dict[str, np.ndarray],
-    all_ids: np.ndarray,
+    config: SyntheticConfig, model: _UserModel, users: _Users, all_ids: np.ndarray
 ) -> None:
-    """Set the users' raw ids, appending the users that exist only in the test period."""
-    users.ids = raw["101"]
+    """Append the users that exist only in the test period."""
     n_new = new_pool_size(config.n_users, config.test_new_user_fraction, 1)
     if not n_new:
         return
@@ -385,7 +387,8 @@ def _add_new_items(
     sampler = GroupSampler.build(new.topic, zipf_weights(rng, n_new, config.item_zipf), T)
     sampler.members = sampler.members + n_items
     noise_draw = rng.normal(size=(n_new, config.latent_dim))
-    fx.v = np.concatenate([fx.v, fx.item_latent(new.cat, noise_draw, config.latent_noise)])
+    new_v = _item_latent(fx.cat_latent, new.cat, noise_draw, config.latent_noise)
+    fx.v = np.concatenate([fx.v, new_v])
     fx.effect = np.concatenate([fx.effect, rng.normal(size=n_new)])
     fx.quality = np.concatenate([fx.quality, rng.normal(size=n_new)])
     taken = np.concatenate([all_ids, user_ids])
