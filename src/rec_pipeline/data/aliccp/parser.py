@@ -76,6 +76,14 @@ class _Tokens:
     n_feat_line: np.ndarray  # [m] features per line
     feat_off: np.ndarray  # [m + 1] first feature of each line
 
+    def kept(self, good: np.ndarray, feat_keep: np.ndarray) -> _Tokens:
+        """The tokens of the lines where ``good`` ([m]) holds; feat_keep: [n_feat] the same."""
+        n_feat_line = self.n_feat_line[good]
+        feat_off = np.zeros(n_feat_line.size + 1, dtype=np.int64)
+        np.cumsum(n_feat_line, out=feat_off[1:])
+        pf, p2, p3, pv = (a[feat_keep] for a in (self.pf, self.p2, self.p3, self.pv))
+        return _Tokens(self.h_start[good], self.h_end[good], pf, p2, p3, pv, n_feat_line, feat_off)
+
 
 class FileParser:
     """Parses one raw file chunk by chunk; see the module docstring.
@@ -194,12 +202,13 @@ class FileParser:
     def _parse_lines(
         self, b, u64, off, sp, cls, term, bad_struct, report
     ) -> tuple[pa.Table, pa.Table]:
+        """Rows of the valid lines and the quarantine of the others; counts go to ``report``."""
         lines = _valid_lines(sp, cls, term, bad_struct)
         n_lines = lines.nl_pos.size
         first_line_no = self._next_line
         self._next_line += n_lines
         report.lines += n_lines
-        tok = _locate_tokens(lines, b, self._n_commas)
+        tok = _locate_tokens(lines, self._n_commas)
         py_int = PythonTokens(b, int_or_none)
         header, bad_tok = self._parse_header(b, u64, off, tok, py_int)
         ids, values, bad_feat = _parse_features(b, u64, off, tok, py_int)
@@ -212,10 +221,8 @@ class FileParser:
             good &= ~c0c1
         if not good.all():
             feat_keep = np.repeat(good, tok.n_feat_line)
-            tok.pf, tok.p2 = tok.pf[feat_keep], tok.p2[feat_keep]
+            tok = tok.kept(good, feat_keep)
             ids, values = ids[feat_keep], values[feat_keep]
-            tok.n_feat_line = tok.n_feat_line[good]
-            tok.h_start, tok.h_end = tok.h_start[good], tok.h_end[good]
             header = {k: v[good] for k, v in header.items()}
 
         columns = [pa.array(v) for v in header.values()]
@@ -342,7 +349,7 @@ def _valid_lines(sp, cls, term, bad_struct) -> _Lines:
     return _Lines(line_start, nl_pos, line_idx, sp, cls, term)
 
 
-def _locate_tokens(lines: _Lines, b: np.ndarray, nc: int) -> _Tokens:
+def _locate_tokens(lines: _Lines, nc: int) -> _Tokens:
     """Bounds of every header token and feature of the valid lines, from their separators."""
     sp, cls, term = lines.sp, lines.cls, lines.term
     m = lines.line_idx.size
