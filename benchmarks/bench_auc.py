@@ -2,9 +2,9 @@
 
 Examples::
 
-    python benchmarks/bench_auc.py                      # 40M rows, CPU (NumPy path)
-    python benchmarks/bench_auc.py --device cuda        # 40M rows made on the GPU (copied to the host)
-    python benchmarks/bench_auc.py --n 10000000 --repeats 3
+    python -m benchmarks.bench_auc                      # 40M rows, CPU (NumPy path)
+    python -m benchmarks.bench_auc --device cuda        # 40M rows made on the GPU (copied to the host)
+    python -m benchmarks.bench_auc --n 10000000 --repeats 3
 
 Scores are float32 sigmoid outputs whose logits depend on the label (AUC about 0.7), with a
 CTR-like positive rate. After a warm-up the call is repeated and the median wall time reported
@@ -26,11 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-try:
-    from rec_pipeline.metrics.auc import roc_auc
-except ImportError:  # not installed: run from a checkout
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-    from rec_pipeline.metrics.auc import roc_auc
+from rec_pipeline.metrics.auc import roc_auc
 
 TABLE_HEADER = (
     "| device | rows | dtype | pos rate | median s | min s | Mrows/s | AUC | "

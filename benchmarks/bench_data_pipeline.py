@@ -1,12 +1,12 @@
-"""The whole data-processing path on one core: parse -> vocabularies -> split/sample/encode.
+"""The whole data-processing path on one core: parse -> vocabularies -> encode -> sampling.
 
 Writes planted-truth raw files with the project's generator at two sizes (4x apart by default),
-then, in a fresh subprocess per size, runs the data-processing nodes' functions exactly as Kedro
-does (each yielded chunk written as a Parquet shard), and reports raw MB/s per stage and for the
-whole path, and the subprocess's peak RSS during the processing (the high-water mark is reset
+then, in a fresh subprocess per size, runs the data-processing steps as the nodes do
+(``rec_pipeline.data.processing``: each yielded chunk written as a Parquet shard), and reports
+raw MB/s per stage and for the whole path, and the subprocess's peak RSS during the processing (the high-water mark is reset
 after the imports). Memory must stay flat as the input grows.
 
-    python benchmarks/bench_data_pipeline.py --rows 500000 2000000
+    python -m benchmarks.bench_data_pipeline --rows 500000 2000000
 """
 
 from __future__ import annotations
@@ -16,20 +16,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARDS = (
-    "parsed_train_samples",
-    "parsed_train_commons",
-    "parsed_test_samples",
-    "parsed_test_commons",
-    "quarantine",
-)
-ENCODED = ("train", "valid", "test", "train_commons", "test_commons")
 
 
 def _status_kb(key: str) -> int:
@@ -41,42 +32,21 @@ def _status_kb(key: str) -> int:
 
 def _measure(raw_dir: str, work: str) -> dict:
     """Runs in a fresh process: the three data nodes with real shard writes."""
+    from rec_pipeline.config import load_config
+    from rec_pipeline.data.processing import process_folder
     from rec_pipeline.data.raw import RawFiles
-    from rec_pipeline.data.shards import ShardSet, ShardWriter
-    from rec_pipeline.pipelines.data_processing.nodes import (
-        build_vocabularies,
-        encode_features,
-        parse_raw_files,
-    )
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())
+    cfg = load_config(yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text()))
     raw = RawFiles(Path(raw_dir)).check()
-    work_dir = Path(work)
     rss0 = _status_kb("VmRSS")
     # Reset the high-water mark, so the peak below is that of the processing, not the imports.
     Path("/proc/self/clear_refs").write_text("5")
-    writers = {n: ShardWriter(work_dir / n) for n in SHARDS}
-    for w in writers.values():
-        w.reset()
-    t0 = time.perf_counter()
-    for outs in parse_raw_files(raw, params):
-        for name, table in zip(SHARDS, outs[:5], strict=True):
-            writers[name].write(table)
-    t1 = time.perf_counter()
-    parsed = [ShardSet(work_dir / n) for n in SHARDS[:4]]
-    vocab = build_vocabularies(parsed[0], parsed[1], params)
-    t2 = time.perf_counter()
-    enc = {n: ShardWriter(work_dir / f"encoded_{n}") for n in ENCODED}
-    for w in enc.values():
-        w.reset()
-    for outs in encode_features(*parsed, vocab, params):
-        for name, table in zip(ENCODED, outs[:5], strict=True):
-            enc[name].write(table)
-    t3 = time.perf_counter()
+    seconds = process_folder(raw, cfg.data, cfg.vocab, Path(work)).seconds
     return {
-        "parse_s": t1 - t0,
-        "vocab_s": t2 - t1,
-        "encode_s": t3 - t2,
+        "parse_s": seconds["parse"],
+        "vocab_s": seconds["vocabularies"],
+        "encode_s": seconds["encode"],
+        "sampling_s": seconds["sampling"],
         "peak_rss_mb": _status_kb("VmHWM") / 1024,
         "rss_after_imports_mb": rss0 / 1024,
     }
@@ -109,7 +79,15 @@ def main() -> None:
             mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
             work = Path(tmp) / f"work_{n}"
             out = subprocess.run(
-                [sys.executable, __file__, "--measure", str(raw), str(work)],
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_data_pipeline",
+                    "--measure",
+                    str(raw),
+                    str(work),
+                ],
+                cwd=ROOT,
                 capture_output=True,
                 text=True,
                 check=True,

@@ -2,18 +2,18 @@
 
 Examples::
 
-    python benchmarks/bench_preprocess.py                          # 100 MB and 400 MB per kind
-    python benchmarks/bench_preprocess.py --sizes-mb 50 200 --chunk-mb 16
-    python benchmarks/bench_preprocess.py --workdir /data/tmp --keep
-    python benchmarks/bench_preprocess.py --on-chunk mypkg.mod:consume   # time parse + a stage
+    python -m benchmarks.bench_preprocess                          # 100 MB and 400 MB per kind
+    python -m benchmarks.bench_preprocess --sizes-mb 50 200 --chunk-mb 16
+    python -m benchmarks.bench_preprocess --workdir /data/tmp --keep
+    python -m benchmarks.bench_preprocess --on-chunk mypkg.mod:consume   # time parse + a stage
 
 Writes synthetic files in the exact raw format (``sample_skeleton``: ~13 features a line, two
 multi-hot fields; ``common_features``: ~500 weighted features a line over 109_14 / 110_14 /
 127_14 / 150_14 plus single fields 101, 121-129), then parses each file once in a fresh
 subprocess and reports MB/s of raw text and the peak RSS (VmHWM) of that process. Sizes 4x apart
 show whether memory stays flat. The files are parsed right after being written, so they are read
-from the page cache: the figures are parse (CPU) throughput, not disk throughput. The writer is
-self-contained and vectorised (NumPy + pyarrow.compute string kernels, no Python per line).
+from the page cache: the figures are parse (CPU) throughput, not disk throughput. The lines are
+written with the project's writer (``rec_pipeline.data.aliccp.writer``, vectorised).
 
 Hook for a later stage: ``--on-chunk module:function`` calls ``function(rows, quarantine)`` on
 every parsed chunk inside the timed loop (in the measuring subprocess), so the table then shows
@@ -36,17 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-try:
-    from rec_pipeline.data import aliccp
-except ImportError:  # not installed: run from a checkout
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-    from rec_pipeline.data import aliccp
+from rec_pipeline.data import aliccp
+from rec_pipeline.data.aliccp import writer
 
-SKELETON_FIELDS = ["205", "206", "207", "216", "210", "301", "508", "509", "702", "853"]
-COMMON_FIELDS = ["101", "121", "122", "124", "125", "126", "127", "128", "129"]
-BEHAVIOUR_FIELDS = ["109_14", "110_14", "127_14", "150_14"]
+ROOT = Path(__file__).resolve().parents[1]
+SKELETON_FIELDS = [*aliccp.ITEM_FIELDS, aliccp.POSITION_FIELD, *aliccp.CROSS_FIELDS]
+COMMON_FIELDS = [aliccp.USER_FIELD, *aliccp.PROFILE_FIELDS]
+BEHAVIOUR_FIELDS = list(aliccp.BEHAVIOUR_FIELDS)
 # Mean list length of each behaviour field in a common line (Poisson); ~500 features a line.
 BEHAVIOUR_MEAN = [60, 150, 130, 150]
 
@@ -81,13 +78,13 @@ def _weights(rng: np.random.Generator, n: int, weighted: np.ndarray) -> pa.Array
     return _WEIGHTS.take(pa.array(np.where(weighted, counts, 0)))
 
 
-def _feature_lists(field_of: np.ndarray, names: list[str], ids, weights, per_line) -> pa.Array:
-    """Join features 'f\\x02id\\x03w' with '\\x01' per line. field_of: [n_feat] field index."""
-    prefix = pa.array([f"{f}\x02" for f in names]).take(pa.array(field_of))
-    feats = pc.binary_join_element_wise(prefix, pc.cast(pa.array(ids), pa.string()), "\x03", weights, "")  # fmt: skip
-    offsets = np.zeros(per_line.size + 1, dtype=np.int32)
-    np.cumsum(per_line, out=offsets[1:])
-    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), feats), "\x01")
+def _feature_lists(rng, names: list[str], counts: np.ndarray, first_weighted: int):
+    """Feature lists of lines whose field j appears counts[i, j] times in line i."""
+    per_line = counts.sum(axis=1)
+    field_of = np.repeat(np.tile(np.arange(len(names)), len(counts)), counts.ravel())  # [n_feat]
+    ids = _ids(rng, field_of.size)
+    values = _weights(rng, field_of.size, field_of >= first_weighted)
+    return writer.feature_lists(names, field_of, ids, values, per_line), per_line
 
 
 def skeleton_batch(rng, n: int, first_id: int, cfi_pool: pa.Array) -> tuple[pa.Array, int]:
@@ -99,38 +96,21 @@ def skeleton_batch(rng, n: int, first_id: int, cfi_pool: pa.Array) -> tuple[pa.A
     counts[:, 4] = rng.integers(1, 7, n)  # 210
     counts[:, 6:9] = rng.random((n, 3)) < 0.8  # 508 / 509 / 702
     counts[:, 9] = rng.binomial(5, 0.5, n)  # 853
-    per_line = counts.sum(axis=1)
-    field_of = np.repeat(np.tile(np.arange(len(SKELETON_FIELDS)), n), counts.ravel())  # [n_feat]
-    weighted = field_of >= 6
-    flist = _feature_lists(
-        field_of, SKELETON_FIELDS, _ids(rng, field_of.size), _weights(rng, field_of.size, weighted), per_line
-    )  # fmt: skip
+    flist, per_line = _feature_lists(rng, SKELETON_FIELDS, counts, 6)
     click = rng.random(n) < 0.04
     conversion = click & (rng.random(n) < 0.05)
-    cols = [
-        pc.cast(pa.array(np.arange(first_id, first_id + n)), pa.string()),
-        pc.cast(pa.array(click.astype(np.int8)), pa.string()),
-        pc.cast(pa.array(conversion.astype(np.int8)), pa.string()),
-        cfi_pool.take(pa.array(rng.integers(0, len(cfi_pool), n))),
-        pc.cast(pa.array(per_line), pa.string()),
-        flist,
-    ]
-    line = pc.binary_join_element_wise(*cols, ",")
-    return pc.binary_join_element_wise(line, "", "\n"), int(per_line.sum())
+    cfi = cfi_pool.take(pa.array(rng.integers(0, len(cfi_pool), n)))
+    sample_id = np.arange(first_id, first_id + n)
+    lines = writer.skeleton_lines(sample_id, click, conversion, cfi, per_line, flist)
+    return lines, int(per_line.sum())
 
 
 def common_batch(rng, n: int, cfi: pa.Array) -> tuple[pa.Array, int]:
     names = COMMON_FIELDS + BEHAVIOUR_FIELDS
     counts = np.ones((n, len(names)), dtype=np.int64)
     counts[:, len(COMMON_FIELDS) :] = rng.poisson(BEHAVIOUR_MEAN, (n, len(BEHAVIOUR_FIELDS)))
-    per_line = counts.sum(axis=1)
-    field_of = np.repeat(np.tile(np.arange(len(names)), n), counts.ravel())
-    weighted = field_of >= len(COMMON_FIELDS)
-    flist = _feature_lists(
-        field_of, names, _ids(rng, field_of.size), _weights(rng, field_of.size, weighted), per_line
-    )
-    line = pc.binary_join_element_wise(cfi, pc.cast(pa.array(per_line), pa.string()), flist, ",")
-    return pc.binary_join_element_wise(line, "", "\n"), int(per_line.sum())
+    flist, per_line = _feature_lists(rng, names, counts, len(COMMON_FIELDS))
+    return writer.common_lines(cfi, per_line, flist), int(per_line.sum())
 
 
 def write_file(path: Path, kind: str, size_bytes: int, seed: int) -> dict:
@@ -145,10 +125,9 @@ def write_file(path: Path, kind: str, size_bytes: int, seed: int) -> dict:
                 text, n_feat = skeleton_batch(rng, batch, lines + 1, cfi_pool)
             else:
                 text, n_feat = common_batch(rng, batch, _hex16(rng, batch))
-            blob = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text), "")  # fmt: skip
-            data = blob[0].as_buffer()
+            data = writer.text_bytes(text)
             fh.write(data)
-            written += data.size
+            written += data.nbytes
             lines += batch
             features += n_feat
     return {"lines": lines, "features": features, "bytes": written}
@@ -197,11 +176,12 @@ def measure(path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None)
 
 
 def measure_in_subprocess(path: Path, kind: str, chunk_bytes: int, on_chunk: str | None) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--measure", str(path), "--kind", kind]
+    cmd = [sys.executable, "-m", "benchmarks.bench_preprocess", "--measure", str(path)]
+    cmd += ["--kind", kind]
     cmd += ["--chunk-mb", str(chunk_bytes / 2**20)]
     if on_chunk:
         cmd += ["--on-chunk", on_chunk]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

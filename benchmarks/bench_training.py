@@ -8,7 +8,7 @@ first), loads them onto the device once, and times, per batch size:
 * ``step``: a full training step (gather, forward under autocast, fp32 losses, backward, dense
   AdamW + sparse Adam, schedulers), through the project's own Trainer.
 
-    python benchmarks/bench_training.py --data-root data --device cuda --batch-sizes 1024 4096 16384
+    python -m benchmarks.bench_training --data-root data --device cuda --batch-sizes 1024 4096 16384
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import copy
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,13 +24,11 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks import encoded_data
+from benchmarks.peers.ours import apply_overrides
 from rec_pipeline.config import load_config
 from rec_pipeline.data.batches import SplitData
 from rec_pipeline.train.loop import Trainer
-
-sys.path.insert(0, str(Path(__file__).parent))
-import encoded_data  # noqa: E402
-from sweep_quality import apply  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -64,7 +61,7 @@ def main() -> None:
     meta, splits, _ = encoded_data.load(args.data_root, device)
     train = splits["train"]
     load_s = time.perf_counter() - t0
-    base = apply(yaml.safe_load(Path(args.params).read_text()), args.override)
+    base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.override)
     rows = []
     for bs in args.batch_sizes:
         p = copy.deepcopy(base)

@@ -33,6 +33,6 @@ def load(
                 meta, {"test": ShardSet(enc / "test")}, ShardSet(enc / "test_commons"), device
             )
         )
-    truth_path = root / "01_raw/aliccp_synthetic/truth_test.parquet"
+    truth_path = root / "05_model_input/planted_truth_test.parquet"
     truth = pd.read_parquet(truth_path) if truth_path.exists() else None
     return meta, out, truth

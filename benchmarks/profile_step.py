@@ -1,6 +1,6 @@
 """Where a training step's time goes: per-phase timings and the profiler's top operators.
 
-    python benchmarks/profile_step.py --data-root data --device cuda --batch-size 4096
+    python -m benchmarks.profile_step --data-root data --device cuda --batch-size 4096
 
 Phases are timed with a device synchronisation around each one (so they add up to more than an
 unsynchronised step), then 10 steps run under ``torch.profiler`` and the top operators by self
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,13 +19,9 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks import encoded_data
 from rec_pipeline.config import load_config
-from rec_pipeline.train.loop import autocast
-from rec_pipeline.train.loop import Trainer
-
-sys.path.insert(0, str(Path(__file__).parent))
-import encoded_data  # noqa: E402
-
+from rec_pipeline.train.loop import Trainer, autocast
 from rec_pipeline.train.losses import compute_losses
 
 

@@ -18,7 +18,7 @@ print("python", platform.python_version(), "torch", torch.__version__, "numpy", 
 PY
 
 echo "== exact AUC"
-python benchmarks/bench_auc.py --device cuda | tee "$OUT_DIR/auc.md"
+python -m benchmarks.bench_auc --device cuda | tee "$OUT_DIR/auc.md"
 
 echo "== kedro run at $TRAIN_ROWS train rows"
 start=$(date +%s)
@@ -34,10 +34,10 @@ for f in 07_model_output/training_summary.json 08_reporting/evaluation_metrics.j
 done
 
 echo "== training throughput (bf16 autocast, then fp32)"
-python benchmarks/bench_training.py --device cuda --batch-sizes 1024 4096 16384 65536 \
+python -m benchmarks.bench_training --device cuda --batch-sizes 1024 4096 16384 65536 \
   --json "$OUT_DIR/training_amp.json" 2>&1 | grep -v INFO
-python benchmarks/bench_training.py --device cuda --batch-sizes 1024 4096 16384 65536 \
+python -m benchmarks.bench_training --device cuda --batch-sizes 1024 4096 16384 65536 \
   --override runtime.amp=false --json "$OUT_DIR/training_fp32.json" 2>&1 | grep -v INFO
 
 echo "== where a step's time goes"
-python benchmarks/profile_step.py --device cuda --batch-size 1024 2>&1 | grep -v INFO | head -40
+python -m benchmarks.profile_step --device cuda --batch-size 1024 2>&1 | grep -v INFO | head -40

@@ -4,7 +4,7 @@ Reads the latest encoded data of a data root (run `kedro run --pipeline=data` fi
 once per override set (dotted keys, as for `kedro run --params`), evaluates the best checkpoint
 on the test split and prints one table row per run with the oracle AUCs and the gaps.
 
-    python benchmarks/sweep_quality.py --data-root data \\
+    python -m benchmarks.sweep_quality --data-root data \\
         "runtime.epochs=2" "runtime.epochs=2,optim.sparse.lr=0.01"
 """
 
@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from benchmarks import encoded_data
+from benchmarks.peers.ours import apply_overrides
 from rec_pipeline.config import load_config
-from rec_pipeline.train.inference import evaluate_split
+from rec_pipeline.train.evaluation import Correction, evaluate_model
 from rec_pipeline.train.loop import Trainer, model_from_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "peers"))
-import encoded_data  # noqa: E402
-from ours import apply_overrides  # noqa: E402
 
 
 def main() -> None:
@@ -50,15 +46,14 @@ def main() -> None:
         t0 = time.perf_counter()
         res = Trainer(cfg, meta, train, valid).fit()
         model = model_from_checkpoint(res.checkpoint, "best", dev)
-        m, _ = evaluate_split(
+        m = evaluate_model(
             model,
             test,
             batch_size=65536,
             esmm=cfg.use_esmm,
-            keep_prob=meta["neg_keep_prob_train"],
-            n_bins=10,
+            correction=Correction(keep_prob=meta["neg_keep_prob_train"]),
             truth=truth,
-        )
+        ).metrics
         row = {
             "overrides": ov,
             "seconds": time.perf_counter() - t0,

@@ -40,7 +40,8 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
-from metrics import task_aucs
+
+from benchmarks.peers.metrics import task_aucs
 
 MAX_FLOAT_ID = 1 << 24  # DeepCTR packs every input into one float32 tensor
 

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-from metrics import auc as roc_auc
 from sklearn.linear_model import LogisticRegression
+
+from benchmarks.peers.metrics import auc as roc_auc
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 

@@ -8,7 +8,7 @@ that encoding, runs ``rec_pipeline`` itself on the same folder (``ours.py``, one
 AUC, mean ± std over ``--seeds``, with the oracle row (true probabilities) when the folder
 holds ``truth_test.parquet``.
 
-    python benchmarks/peers/run_peers.py --raw data/01_raw/aliccp_synthetic --seeds 1 2 3 \\
+    python -m benchmarks.peers.run_peers --raw data/01_raw/aliccp_synthetic --seeds 1 2 3 \\
         --ours-overrides "" "runtime.epochs=1" --json peers.json
 
 See benchmarks/peers/README.md.
@@ -24,16 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from benchmarks.peers import aliccp_reader
+from benchmarks.peers.metrics import COLUMNS, markdown_table, summarise, task_aucs
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-
-import aliccp_reader  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from metrics import COLUMNS, markdown_table, summarise, task_aucs  # noqa: E402
 
 PEERS = ("esmm", "mmoe", "logreg")
 LABELS = {
@@ -176,13 +176,13 @@ def _run(args, device: str, cross_dense: bool, work: Path) -> str:
     peer_epochs = args.epochs or 1
     if args.only in ("peers", "all"):
         if "logreg" in args.peers:
-            from logreg import DEFAULT_CS, train_logreg
+            from benchmarks.peers.logreg import DEFAULT_CS, train_logreg
 
             res = train_logreg(data, cross_dense=cross_dense, Cs=tuple(args.logreg_c or DEFAULT_CS))
             record(LABELS["logreg"], None, res)
         deep = [p for p in ("esmm", "mmoe") if p in args.peers]
         if deep:
-            from deepctr_models import model_inputs, train_deepctr
+            from benchmarks.peers.deepctr_models import model_inputs, train_deepctr
 
             inputs = {s: model_inputs(data.splits[s], data.meta, cross_dense) for s in data.splits}
             for seed in args.seeds:
@@ -203,7 +203,7 @@ def _run(args, device: str, cross_dense: bool, work: Path) -> str:
                     record(label, seed, res, epochs=peer_epochs)
             del inputs
     if args.only in ("ours", "all"):
-        from ours import run_ours
+        from benchmarks.peers.ours import run_ours
 
         params = yaml.safe_load(args.params.read_text())
         for ov in args.ours_overrides:

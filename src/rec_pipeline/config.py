@@ -153,21 +153,73 @@ class VocabConfig(_Model):
 
 
 class SyntheticParams(_Model):
-    """Keys of :class:`rec_pipeline.data.synthetic.SyntheticConfig` (checked there)."""
+    """Size, shape and seed of the planted-truth data (``rec_pipeline.data.synthetic``).
 
-    model_config = ConfigDict(extra="allow")
+    ``n_train_rows`` / ``n_test_rows`` are exact impression counts. To scale to tens of millions
+    of rows, scale ``n_users`` and ``n_items`` too (otherwise each user owns very many records).
+    The generator's own type, ``SyntheticConfig``, derives from this class and adds only the
+    fingerprint; ``rec_pipeline/data/synthetic/__init__.py`` documents what each key does.
+    """
+
+    # Frozen: the fingerprint of the files written for a config must not drift under them.
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    n_train_rows: int = Field(2_000_000, strict=True, gt=0)
+    n_test_rows: int = Field(400_000, strict=True, gt=0)
+    impressions_per_common: float = Field(20.0, strict=True, ge=1.0)
+    n_users: int = Field(4_000, strict=True, gt=0)
+    n_items: int = Field(5_000, strict=True, gt=0)
+    n_categories: int = Field(600, strict=True, gt=0)
+    n_shops: int = Field(4_000, strict=True, gt=0)
+    n_brands: int = Field(2_500, strict=True, gt=0)
+    n_intentions: int = Field(1_500, strict=True, gt=0)
+    n_topics: int = Field(24, strict=True, gt=0)
+    n_positions: int = Field(4, strict=True, gt=0)
+    latent_dim: int = Field(8, strict=True, gt=0)
+    # Idiosyncratic part of the user / item latent vectors, relative to the profile / category
+    # part. The profile and category parts are learnable through field interactions; the
+    # idiosyncratic part only through user-id x item-id pairs, which no realistic amount of
+    # data pins down, so a large value makes the oracle unreachable by any model.
+    latent_noise: float = Field(0.35, strict=True, ge=0.0)
+    # Mean number of 14-day behaviour events of a common record (sets the behaviour list
+    # lengths); the upper bound is also the generator's cap on one record's events.
+    behaviour_events_mean: float = Field(100.0, strict=True, ge=1.0, le=4000)
+    # Probability that an impressed item comes from the user's interest topics.
+    relevance: float = Field(0.7, strict=True, ge=0.0, le=1.0)
+    item_zipf: float = Field(0.85, strict=True, ge=0.0)
+    # Multiplies the interaction terms (<u,v>, profile x category, behaviour affinity).
+    interaction_scale: float = Field(1.0, strict=True, ge=0.0)
+    ctr_rate: float = Field(0.045, strict=True, gt=0.0, lt=1.0)
+    cvr_rate: float = Field(0.07, strict=True, gt=0.0, lt=1.0)
+    seed: int = Field(20260127, strict=True)
+    chunk_rows: int = Field(200_000, strict=True, gt=0)
+    # Share of test common records whose user never appears in train: a separate pool of
+    # round(n_users * f / (1 - f)) users (own ids, profiles, latent vectors and topics, drawn
+    # from the same distributions), so a new user owns about as many test records as an old one.
+    # The bound keeps the pool finite (it grows as f / (1 - f)).
+    test_new_user_fraction: float = Field(0.0, strict=True, ge=0.0, le=0.9)
+    # Share of test impressions whose item never appears in train: a separate pool of
+    # round(n_items * f / (1 - f)) items (at least n_topics) that exist only in the test period,
+    # with the usual categories, shops, brands and intention nodes.
+    test_new_item_fraction: float = Field(0.0, strict=True, ge=0.0, le=0.9)
+    # How the behaviour affinity depends on the cross fields' counts: "linear" (sum of the
+    # written values ln(1 + count)) or "saturating" (per-entity slope times a Hill function of
+    # the count around a per-entity threshold, a non-linear function of the written value).
+    affinity_shape: Literal["linear", "saturating"] = "linear"
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticParams:
-        from rec_pipeline.data.synthetic import SyntheticConfig
-
-        SyntheticConfig.from_mapping(self.model_extra)
+        # Every topic needs at least one member of each vocabulary drawn from topics.
+        for name in ("n_items", "n_categories", "n_shops", "n_brands", "n_intentions"):
+            if getattr(self, name) < self.n_topics:
+                raise ValueError(f"{name} must be >= n_topics ({self.n_topics})")
         return self
 
     def build(self):
+        """The generator's config (``rec_pipeline.data.synthetic.SyntheticConfig``)."""
         from rec_pipeline.data.synthetic import SyntheticConfig
 
-        return SyntheticConfig.from_mapping(self.model_extra)
+        return SyntheticConfig(**self.model_dump())
 
 
 # -------------------------------------------------------------------------------------------- model

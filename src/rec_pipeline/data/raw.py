@@ -15,13 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from rec_pipeline.data import synthetic
+from rec_pipeline.data.aliccp import SPLIT_FILES
 
 log = logging.getLogger(__name__)
-
-SPLIT_FILES = {
-    "train": ("sample_skeleton_train.csv", "common_features_train.csv"),
-    "test": ("sample_skeleton_test.csv", "common_features_test.csv"),
-}
 
 
 # The planted truth of synthetic data: each impression's true click and conversion probabilities.

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from rec_pipeline.data.hashing import splitmix64
+
 VOCAB_COLUMNS = ["field", "raw_id", "count", "index"]
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fast, well-mixed 64-bit hash of int64 ids (vectorised)."""
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @dataclass
@@ -124,7 +118,7 @@ class Vocabulary:
         raw_ids = np.asarray(raw_ids, dtype=np.int64)
         if name in self.hash_buckets:
             b = np.uint64(self.hash_buckets[name])
-            return (_splitmix64(raw_ids) % b + np.uint64(1)).astype(np.int32)
+            return (splitmix64(raw_ids) % b + np.uint64(1)).astype(np.int32)
         table = self._table.get(name)
         if table is None or len(table) == 0:
             return np.zeros(len(raw_ids), np.int32)

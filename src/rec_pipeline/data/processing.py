@@ -1,0 +1,112 @@
+"""The data-processing steps of the Kedro pipeline run in one call, without Kedro: raw folder ->
+parsed shards -> vocabularies -> encoded shards -> sampled training rows -> metadata. For
+benchmarks and scripts; the pipeline itself runs the same steps as nodes through the catalog."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rec_pipeline.config import DataConfig, VocabConfig
+from rec_pipeline.data.encode import ENCODE_OUTPUTS, count_training_ids, encode_splits
+from rec_pipeline.data.metadata import DatasetMetadata, build_metadata
+from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
+from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.sampling import sample_negatives
+from rec_pipeline.data.shards import ShardSet, ShardWriter
+from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """Shard folders under ``folder`` (``encoded_<name>``, ``sampled/encoded_train``), the
+    metadata, and each stage's wall time in seconds."""
+
+    folder: Path
+    metadata: DatasetMetadata
+    seconds: dict[str, float]
+
+    def encoded(self, name: str) -> ShardSet:
+        if name == "train":
+            return ShardSet(self.folder / "sampled" / "encoded_train")
+        return ShardSet(self.folder / f"encoded_{name}")
+
+
+def write_shards(folder: Path, names: Sequence[str], chunks: Iterable[tuple]) -> object:
+    """Write a generator node's yielded tables as shard folders ``folder/<name>``, as the catalog
+    does; returns the item that follows the tables in the last chunk (its report)."""
+    writers = [ShardWriter(Path(folder) / n) for n in names]
+    for w in writers:
+        w.reset()
+    report = None
+    for outs in chunks:
+        for w, table in zip(writers, outs[: len(names)], strict=True):
+            w.write(table)
+        report = outs[len(names)] if len(outs) > len(names) else None
+    return report
+
+
+def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: Path) -> dict:
+    """Parse, count vocabularies and encode into ``folder``; returns the stage times. Written
+    last, ``encode_report.json`` marks a complete folder."""
+    f, folder, seconds = data.fields, Path(folder), {}
+    t0 = time.perf_counter()
+    names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
+    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20)
+    write_shards(folder, names, parse)
+    parsed = {n: ShardSet(folder / f"parsed_{n}") for n in PARSE_OUTPUTS}
+    seconds["parse"] = (t1 := time.perf_counter()) - t0
+    counter = count_training_ids(
+        parsed["train_samples"].iter_tables(),
+        parsed["train_commons"].iter_tables(),
+        f.skeleton,
+        f.common,
+        valid_fraction=data.valid_fraction,
+        seed=data.seed,
+    )
+    kw = dict(min_count=vocab.min_count, max_size=vocab.max_size, hash_buckets=vocab.hash_buckets)
+    vocabularies = vocabulary_frame(counter, f.names(), **kw)
+    vocabularies.to_parquet(folder / "vocabularies.parquet")
+    seconds["vocabularies"] = (t2 := time.perf_counter()) - t1
+    tables = {n: s.iter_tables() for n, s in parsed.items()}
+    lookup = Vocabulary(vocabularies, vocab.hash_buckets)
+    enc = encode_splits(
+        tables, f.skeleton, f.common, lookup, valid_fraction=data.valid_fraction, seed=data.seed
+    )
+    report = write_shards(folder, [f"encoded_{n}" for n in ENCODE_OUTPUTS], enc)
+    seconds["encode"] = time.perf_counter() - t2
+    (folder / "encode_report.json").write_text(json.dumps(report, default=str))
+    return seconds
+
+
+def process_folder(
+    raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: Path
+) -> ProcessedData:
+    """Every data-processing step into ``folder``. An encoding already complete there (same
+    folder) is reused: only negative sampling and the metadata are made again."""
+    folder = Path(folder)
+    seconds = {}
+    if not (folder / "encode_report.json").exists():
+        seconds = encode_folder(raw, data, vocab, folder)
+    t0 = time.perf_counter()
+    train_all = ShardSet(folder / "encoded_train_all").iter_tables()
+    sampling = write_shards(
+        folder / "sampled", ["encoded_train"], sample_negatives(train_all, data.neg_keep_prob_train)
+    )
+    seconds["sampling"] = time.perf_counter() - t0
+    metadata = build_metadata(
+        Vocabulary(pd.read_parquet(folder / "vocabularies.parquet"), vocab.hash_buckets),
+        json.loads((folder / "encode_report.json").read_text()),
+        sampling,
+        skeleton=data.fields.skeleton,
+        common=data.fields.common,
+        valid_fraction=data.valid_fraction,
+        seed=data.seed,
+        vocab_settings=vocab.model_dump(),
+    )
+    return ProcessedData(folder, metadata, seconds)
