@@ -1,6 +1,6 @@
 """The peers' own Ali-CCP reader and encoder, independent of ``rec_pipeline``.
 
-Reads the four raw files (SPEC §2.1: ``sample_skeleton_{train,test}.csv`` and
+Reads the four raw files (docs/model.md, Data: ``sample_skeleton_{train,test}.csv`` and
 ``common_features_{train,test}.csv``, comma-separated, no header, ``feature_list`` made of
 ``field\\x02id\\x03value`` tokens joined by ``\\x01``) with pyarrow's streaming CSV reader and
 vectorised Arrow string kernels, then encodes them the way a user of DeepCTR-style libraries

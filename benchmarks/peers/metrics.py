@@ -1,4 +1,4 @@
-"""Test AUCs of one set of predictions (SPEC §6), and the side-by-side markdown table.
+"""Test AUCs of one set of predictions (docs/model.md, Metrics), and the side-by-side markdown table.
 
 * CTR: ``p_ctr`` vs click over all rows;
 * CVR: ``p_cvr`` vs conversion over the clicked rows only;

@@ -65,7 +65,7 @@ def run_ours(
     ``work_dir`` per raw folder, data / vocabulary parameters and encoding code.
 
     Returns ``sample_id``, ``p_ctr`` / ``p_cvr`` (the heads' own outputs, which the AUCs rank:
-    SPEC §6), ``p_ctr_calibrated`` / ``p_cvr_calibrated`` (the published probabilities, calibrated
+    docs/model.md, Metrics), ``p_ctr_calibrated`` / ``p_cvr_calibrated`` (the published probabilities, calibrated
     as the evaluation node does), ``train_s``, ``predict_s``, ``encode_s`` (0 when cached), the
     project's own test metrics (``self_reported``) for cross-checking and the effective
     ``params``.

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Ali-CCP's 23 fields, split by the file they live in (SPEC §2.2).
+# Ali-CCP's 23 fields, split by the file they live in (docs/model.md, Data).
 ALICCP_SKELETON_FIELDS = ["205", "206", "207", "216", "210", "508", "509", "702", "853", "301"]
 ALICCP_COMMON_FIELDS = [
     "101",
@@ -119,10 +119,11 @@ class FieldsConfig(_Model):
 
 
 class DataConfig(_Model):
-    # Accepted for compatibility with the source config; the catalog decides where data lives.
+    # Accepted for compatibility with the source recipe (tests/fixtures/source_recipe.yml); the
+    # catalog decides where data lives.
     metadata_path: str | None = None
     batch_size: int = Field(1024, gt=0)
-    # DataLoader knobs of the source config. The tensor-resident loader has no worker processes,
+    # DataLoader knobs of the source recipe. The tensor-resident loader has no worker processes,
     # so these are accepted and recorded but have no effect.
     num_workers: int = Field(0, ge=0)
     num_workers_valid: int = Field(0, ge=0)
@@ -228,8 +229,8 @@ class SyntheticParams(_Model):
 class EmbeddingConfig(_Model):
     default_embedding_dim: int = Field(8, gt=0)
     embedding_dim_overrides: dict[str, int] = Field(default_factory=dict)
-    # Pooling of a bag: mean = sum(w*e)/sum(w), sum = sum(w*e). The source config writes "sum"
-    # with a note that the pooling is actually the weighted mean; SPEC §3 reads it as mean.
+    # Pooling of a bag: mean = sum(w*e)/sum(w), sum = sum(w*e). The source recipe writes "sum"
+    # with a note that the pooling is actually the weighted mean; docs/model.md, Model reads it as mean.
     mode: Literal["mean", "sum"] = "mean"
     # How a bag's weights (Ali-CCP's cross-field intensities) reach the network beyond the
     # pooling: none (the source's weighted mean), scale (mean of w*e over the bag's ids) or

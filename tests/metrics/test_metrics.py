@@ -409,7 +409,7 @@ def test_compute_metrics_negative_sampling_correction_and_truth():
     assert ctr["logloss_uncorrected"] == pytest.approx(log_loss(click, q))
     assert ctr["logloss"] < ctr["logloss_uncorrected"]
     assert ctr["auc"] == pytest.approx(roc_auc_score(click, q))  # monotone correction
-    # The CTCVR AUC ranks the model's own product, whatever the correction (SPEC §6) ...
+    # The CTCVR AUC ranks the model's own product, whatever the correction (docs/model.md, Metrics) ...
     assert ctcvr["auc"] == pytest.approx(roc_auc_score(conv, q * p_cvr))
     assert "auc_uncorrected" not in ctcvr
     # ... which here ranks differently from the corrected product, so the check has teeth.

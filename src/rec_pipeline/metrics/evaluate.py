@@ -1,4 +1,4 @@
-"""The validation / evaluation metric dictionary (SPEC §6), computed on host NumPy arrays.
+"""The validation / evaluation metric dictionary (docs/model.md, Metrics), computed on host NumPy arrays.
 
 ``compute_metrics`` returns a JSON-serialisable dict (plain ``float`` / ``int`` / ``None``)::
 
@@ -22,7 +22,7 @@ once. Without it, the CTR odds are multiplied by ``keep_prob / ctr_pos_weight`` 
 negative-sampling correction and the CTR loss's pos_weight) and CVR is kept as it is
 (``calibration_method`` says which). ``logloss`` and the calibration ``mean_pred`` use the
 corrected probability, ``*_uncorrected`` the raw one. Every AUC ranks the model's own outputs
-(SPEC §6): the CTCVR AUC ranks ``p_ctr * p_cvr`` as the heads output them (in their dtype), so
+(docs/model.md, Metrics): the CTCVR AUC ranks ``p_ctr * p_cvr`` as the heads output them (in their dtype), so
 neither the corrections nor ``evaluation.correct_pos_weight`` can change an AUC or which
 checkpoint is kept.
 """
@@ -58,7 +58,7 @@ ESMM_PRIMARY_WEIGHTS = {"ctcvr": 1.0, "ctr": 0.2, "cvr": 0.2}
 def primary_auc(
     auc_ctr: float | None, auc_cvr: float | None, auc_ctcvr: float | None, *, esmm: bool
 ) -> tuple[float | None, str | None]:
-    """``auc_primary`` and the reason it is ``None`` (SPEC §6).
+    """``auc_primary`` and the reason it is ``None`` (docs/model.md, Metrics).
 
     ESMM: ``auc_ctcvr + 0.2 * auc_ctr + 0.2 * auc_cvr``; otherwise ``(auc_ctr + auc_cvr) / 2``.
     """

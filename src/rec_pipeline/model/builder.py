@@ -2,7 +2,7 @@
 
 Notation: B batch, F fields, D = max embedding dim, E experts, T tasks.
 
-Data flow (SPEC §3)::
+Data flow (docs/model.md, Model)::
 
     batch -> FusedFieldEmbedding -> emb_stack [B,F,D], emb_concat [B,sum d_f],
                                     sum_emb / mean_emb [B,D], logit_linear [B]
@@ -14,12 +14,12 @@ Data flow (SPEC §3)::
     MMoE(x) -> mixed {task: [B,H]}, gates {task: [B,E]}
     head_t(mixed[t]) (+ logit_linear if per_head_add[t].use_wide) (+ fm_logit if .use_fm)
 
-MMoE input width. The seed's walk-through draws the adapter as ``Linear(384 -> 128) -> ReLU ->
+MMoE input width. The source document's model walk-through draws the adapter as ``Linear(384 -> 128) -> ReLU ->
 Dropout(0.1) -> Linear(128 -> 128)`` for ``adapter_mlp_dims: [128]`` and ``out_dim: 128``: the
 listed dims are hidden layers and a bare output Linear maps to ``backbone.out_dim``, exactly like
 the heads (``mlp_dims`` hidden, then ``Linear(-> 1)``). So the MMoE input width is always
 ``backbone.out_dim``; ``adapter_mlp_dims: []`` leaves a single ``Linear(fused -> out_dim)``. The
-adapter's dropout is the seed's 0.1 (:data:`ADAPTER_DROPOUT`; the config has no key for it).
+adapter's dropout is that walk-through's 0.1 (:data:`ADAPTER_DROPOUT`; the config has no key for it).
 """
 
 from __future__ import annotations

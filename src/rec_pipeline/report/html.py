@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from rec_pipeline.metrics.evaluate import flat_metrics
+from rec_pipeline.metrics.evaluate import TASKS, flat_metrics
 
 __all__ = ["figure_to_data_uri", "render_report", "render_value"]
 
@@ -204,7 +204,7 @@ def _metric_cards(metrics: Mapping[str, Any]) -> str:
     reason = metrics.get("auc_primary_reason")
     value = _fmt(primary, 5) if primary is not None else f"— <small>{_e(reason or '')}</small>"
     cards.append(("auc_primary", value))
-    for task in ("ctr", "cvr", "ctcvr"):
+    for task in TASKS:
         block = tasks.get(task)
         if isinstance(block, Mapping):
             cards.append((f"AUC {task}", _fmt(block.get("auc"), 5)))

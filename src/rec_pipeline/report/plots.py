@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from rec_pipeline.metrics.auc import roc_auc, roc_curve_points
+from rec_pipeline.metrics.evaluate import TASKS
 
 __all__ = [
     "FIGURE_NAMES",
@@ -47,7 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("ctr", "cvr", "ctcvr")
 _HISTORY_COLUMNS = ("step", "kind", "name", "value")
 _STRUCTURE_COLUMNS = ("task", "expert", "other_task")
 _PANEL_W, _PANEL_H = 5.6, 3.4

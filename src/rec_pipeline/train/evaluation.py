@@ -63,7 +63,7 @@ class Correction:
 
 @dataclass
 class Evaluation:
-    """:func:`evaluate_model`'s result: the metric dict (SPEC §6), the raw outputs, and the
+    """:func:`evaluate_model`'s result: the metric dict (docs/model.md, Metrics), the raw outputs, and the
     prediction table when asked for."""
 
     metrics: dict
@@ -172,7 +172,7 @@ def evaluate_model(
     truth: pd.DataFrame | None = None,
     with_predictions: bool = False,
 ) -> Evaluation:
-    """Predict ``data`` in fp32, calibrate per ``correction``, compute the metrics (SPEC §6).
+    """Predict ``data`` in fp32, calibrate per ``correction``, compute the metrics (docs/model.md, Metrics).
 
     ``truth``: the planted truth table (``sample_id``, ``p_ctr``, ``p_cvr``), for oracle AUCs
     when it covers the rows. ``with_predictions`` adds the prediction table, made from the same

@@ -291,7 +291,11 @@ class Trainer:
             self._restore(ckpt)
         elif self.state_store is not None:
             self.state_store.clear()  # states of an earlier run must not be resumed into this one
-        self.param_counts = counts = parameter_counts(self.model)
+        self.param_counts = parameter_counts(self.model)
+        self._log_plan()
+
+    def _log_plan(self) -> None:
+        counts = self.param_counts
         log.info(
             "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
             "LR schedule over %d steps.",

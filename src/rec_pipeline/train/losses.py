@@ -1,4 +1,4 @@
-"""The training objective (SPEC §4): ESMM v2 with a CTCVR aux-focal term, the CVR auxiliary loss,
+"""The training objective (docs/model.md, Objective): ESMM v2 with a CTCVR aux-focal term, the CVR auxiliary loss,
 the gate regulariser, and the positive-weight controller.
 
 All loss math runs in float32: logits are cast first, so the losses are fp32 under autocast too.

@@ -5,7 +5,7 @@ Modules: :mod:`.params` (config, fingerprint, constants), :mod:`.sampling` (seed
 as numbers), :mod:`.truth` (calibration and oracle AUCs), :mod:`.lines` (text lines),
 :mod:`.summary` and :mod:`.output` (writing the files and the marker).
 
-:func:`write_synthetic` writes the four raw files of SPEC §2.1 byte-for-byte in the Ali-CCP text
+:func:`write_synthetic` writes the four raw files of docs/model.md, Data byte-for-byte in the Ali-CCP text
 format (so the real parser is what reads them), plus ``truth_{split}.parquet`` with each sample's
 true click and conversion probabilities, so the Bayes-optimal ("oracle") AUC of every task is
 known. Library code: no Kedro imports.

@@ -1,4 +1,4 @@
-"""Training nodes: train on the encoded splits, then the seed's automatic evaluation."""
+"""Training nodes: train on the encoded splits, then the automatic evaluation of the trained weights."""
 
 from __future__ import annotations
 
