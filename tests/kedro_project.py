@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def catalog(project: Path, params: dict | None = None, **kw):
 def latest(path: Path) -> Path:
     """The newest version of a versioned file dataset."""
     return sorted(p for p in path.iterdir() if p.is_dir())[-1] / path.name
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base`` key by key (nested dicts merged too)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def encoded(project: Path, splits=("train", "valid"), params: dict | None = None):
+    """(parameters, metadata, {split: SplitData on the CPU}) of a project whose data ran."""
+    from rec_pipeline.data.batches import load_splits
+
+    cat = catalog(project, params or TRAINING)
+    meta = cat.load("metadata")
+    out = load_splits(
+        meta,
+        {s: cat.load(f"encoded_{s}") for s in splits if s != "test"},
+        cat.load("encoded_train_commons"),
+    )
+    if "test" in splits:
+        test = {"test": cat.load("encoded_test")}
+        out.update(load_splits(meta, test, cat.load("encoded_test_commons")))
+    return cat.load("parameters"), meta, out

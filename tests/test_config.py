@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kedro.config import OmegaConfigLoader
+from kedro_project import deep_merge
 
 from rec_pipeline.config import (
     FLAT_BACKBONE_KEYS,
@@ -31,13 +32,6 @@ def resolved(cfg: Config) -> dict:
     out["model"]["heads"] = {t: cfg.model.heads.for_task(t).model_dump() for t in TASKS}
     for key in FLAT_BACKBONE_KEYS:  # folded into model.backbone
         out["model"].pop(key)
-    return out
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(base[k], v) if isinstance(v, dict) and k in base else v
     return out
 
 

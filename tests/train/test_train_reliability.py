@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
 import math
@@ -10,36 +9,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from kedro_project import TRAINING, catalog
+from kedro_project import deep_merge, encoded
 
 import rec_pipeline.train.loop as loop
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
 from rec_pipeline.train.checkpoint import Checkpoint, RNGState
 from rec_pipeline.train.loop import NonFiniteError, Trainer
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 @pytest.fixture(scope="module")
 def data(encoded_project):
-    cat = catalog(encoded_project, TRAINING)
-    meta = cat.load("metadata")
-    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
-    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
-    commons = load_commons(cat.load("encoded_train_commons"), cm)
-    train = SplitData(cat.load("encoded_train"), commons, sk)
-    valid = SplitData(cat.load("encoded_valid"), commons, sk)
-    return cat.load("parameters"), meta, train, valid
+    params, meta, splits = encoded(encoded_project)
+    return params, meta, splits["train"], splits["valid"]
 
 
 def _cfg(params: dict, **over):
-    return load_config(_merge(params, {"runtime": {"device": "cpu"}, **over}))
+    return load_config(deep_merge(params, {"runtime": {"device": "cpu"}, **over}))
 
 
 def _weights(trainer: Trainer) -> dict:

@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from kedro_project import TINY, TRAINING, catalog
+from kedro_project import TINY, TRAINING, catalog, deep_merge, encoded
 
 from rec_pipeline.config import load_config
-from rec_pipeline.data.batches import SplitData, load_commons
 from rec_pipeline.train.evaluation import Correction, evaluate_model
 from rec_pipeline.train.loop import Trainer, model_from_checkpoint
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 @pytest.fixture(scope="module")
 def data(encoded_project):
-    cat = catalog(encoded_project, TRAINING)
-    meta = cat.load("metadata")
-    params = cat.load("parameters")
-    sk = [f["raw"] for f in meta["fields"] if f["side"] == "skeleton"]
-    cm = [f["raw"] for f in meta["fields"] if f["side"] == "common"]
-    commons = load_commons(cat.load("encoded_train_commons"), cm)
-    train = SplitData(cat.load("encoded_train"), commons, sk)
-    valid = SplitData(cat.load("encoded_valid"), commons, sk)
-    test_commons = load_commons(cat.load("encoded_test_commons"), cm)
-    test = SplitData(cat.load("encoded_test"), test_commons, sk)
-    truth = cat.load("planted_truth_test")
-    return params, meta, train, valid, test, truth
+    params, meta, splits = encoded(encoded_project, ("train", "valid", "test"))
+    truth = catalog(encoded_project, TRAINING).load("planted_truth_test")
+    return params, meta, splits["train"], splits["valid"], splits["test"], truth
 
 
 def _cfg(params: dict, **over):
-    return load_config(_merge(params, over))
+    return load_config(deep_merge(params, over))
 
 
 @pytest.mark.slow
@@ -101,7 +82,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(data):
         runtime={"epochs": 10, "max_train_steps": 30, "valid_every": 10, "save_last": True},
     )
     full = Trainer(_cfg(params, **common), meta, train, valid).fit()
-    half_cfg = _cfg(params, **_merge(common, {"runtime": {"max_train_steps": 13}}))
+    half_cfg = _cfg(params, **deep_merge(common, {"runtime": {"max_train_steps": 13}}))
     half = Trainer(half_cfg, meta, train, valid).fit()
     assert half.checkpoint["last"]["step"] == 13  # mid-epoch: skipping batches is exercised
     resumed = Trainer(_cfg(params, **common), meta, train, valid, resume=half.checkpoint).fit()
@@ -114,7 +95,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted_run(data):
     assert steps == sorted({*full.history.query("kind == 'train'")["step"], 13})
     # A different seed gives different weights: the equality above is not vacuous.
     other = Trainer(
-        _cfg(params, **_merge(common, {"runtime": {"seed": 1}})), meta, train, valid
+        _cfg(params, **deep_merge(common, {"runtime": {"seed": 1}})), meta, train, valid
     ).fit()
     other_state = other.checkpoint["last"]["state_dict"]
     assert any(not torch.equal(other_state[k], a[k]) for k in a)
@@ -158,7 +139,7 @@ def test_tiny_params_are_valid():
     from kedro_project import ROOT
 
     base = yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text())
-    load_config(_merge(base, TINY))
+    load_config(deep_merge(base, TINY))
 
 
 def test_fp16_overflow_skips_the_sparse_and_dense_steps_together(data):
