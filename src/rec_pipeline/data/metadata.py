@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import pandas as pd
+
+from rec_pipeline.config import DataConfig, VocabConfig
 from rec_pipeline.data.encode import COMMON_PREFIX, SKELETON_PREFIX
 from rec_pipeline.data.vocab import Vocabulary
 
@@ -158,4 +161,24 @@ def build_metadata(
         vocab_fingerprint=vocab.fingerprint,
         seed=seed,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def describe(
+    vocabularies: pd.DataFrame,
+    encode_report: Mapping[str, Any],
+    sampling_report: Mapping[str, Any],
+    data: DataConfig,
+    vocab: VocabConfig,
+) -> DatasetMetadata:
+    """:func:`build_metadata` from the vocabulary table and the ``data`` / ``vocab`` settings."""
+    return build_metadata(
+        Vocabulary(vocabularies, vocab.hash_buckets),
+        encode_report,
+        sampling_report,
+        skeleton=data.fields.skeleton,
+        common=data.fields.common,
+        valid_fraction=data.valid_fraction,
+        seed=data.seed,
+        vocab_settings=vocab.model_dump(),
     )

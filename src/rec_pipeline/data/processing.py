@@ -14,7 +14,7 @@ import pandas as pd
 
 from rec_pipeline.config import DataConfig, VocabConfig
 from rec_pipeline.data.encode import ENCODE_OUTPUTS, count_training_ids, encode_splits
-from rec_pipeline.data.metadata import DatasetMetadata, build_metadata
+from rec_pipeline.data.metadata import DatasetMetadata, describe
 from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.sampling import sample_negatives
@@ -99,14 +99,7 @@ def process_folder(
         folder / "sampled", ["encoded_train"], sample_negatives(train_all, data.neg_keep_prob_train)
     )
     seconds["sampling"] = time.perf_counter() - t0
-    metadata = build_metadata(
-        Vocabulary(pd.read_parquet(folder / "vocabularies.parquet"), vocab.hash_buckets),
-        json.loads((folder / "encode_report.json").read_text()),
-        sampling,
-        skeleton=data.fields.skeleton,
-        common=data.fields.common,
-        valid_fraction=data.valid_fraction,
-        seed=data.seed,
-        vocab_settings=vocab.model_dump(),
-    )
+    vocabularies = pd.read_parquet(folder / "vocabularies.parquet")
+    report = json.loads((folder / "encode_report.json").read_text())
+    metadata = describe(vocabularies, report, sampling, data, vocab)
     return ProcessedData(folder, metadata, seconds)

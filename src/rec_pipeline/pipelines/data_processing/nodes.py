@@ -14,7 +14,7 @@ import pandas as pd
 
 from rec_pipeline.config import load_section
 from rec_pipeline.data.encode import count_training_ids, encode_splits
-from rec_pipeline.data.metadata import build_metadata
+from rec_pipeline.data.metadata import describe
 from rec_pipeline.data.parsing import parse_raw_files
 from rec_pipeline.data.quality import data_quality_report
 from rec_pipeline.data.raw import RawFiles
@@ -108,16 +108,7 @@ def describe_dataset(
 ) -> dict:
     """metadata.json: everything the model and evaluation need to know about the data."""
     d, v = load_section("data", data), load_section("vocab", vocab)
-    return build_metadata(
-        Vocabulary(vocabularies, v.hash_buckets),
-        encode_report,
-        sampling_report,
-        skeleton=d.fields.skeleton,
-        common=d.fields.common,
-        valid_fraction=d.valid_fraction,
-        seed=d.seed,
-        vocab_settings=v.model_dump(),
-    ).to_dict()
+    return describe(vocabularies, encode_report, sampling_report, d, v).to_dict()
 
 
 def build_data_quality_report(
