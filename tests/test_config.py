@@ -121,3 +121,31 @@ def test_head_settings_resolve_task_over_default_over_tower_defaults():
     assert Config().model.heads.for_task("cvr").dropout == 0.5  # the measured default
     with pytest.raises(ConfigError, match="model.heads.ctcvr"):
         load_config({"model": {"heads": {"ctcvr": {}}}})
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ({"backbone": {"fm_enabled": False, "per_head_add": {}}}, "model.mmoe.add_fm_vec"),
+        (
+            {
+                "backbone": {"fm_enabled": False, "per_head_add": {"ctr": {"use_fm": True}}},
+                "mmoe": {"add_fm_vec": False},
+            },
+            "model.backbone.per_head_add",
+        ),
+        (
+            {
+                "backbone": {"fm_enabled": False, "per_head_add": {}},
+                "mmoe": {"add_fm_vec": False},
+                "heads": {"cvr": {"extra_inputs": ["fm_vec"]}},
+            },
+            "model.heads.cvr.extra_inputs",
+        ),
+        ({"backbone": {"return_logit_parts": False}}, "model.backbone.return_logit_parts"),
+        ({"backbone": {"use_legacy_pseudo_deepfm": True}}, "model.backbone.per_head_add"),
+    ],
+)
+def test_model_settings_that_contradict_each_other_fail_before_any_work(model, key):
+    with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
+        load_config({"model": model})

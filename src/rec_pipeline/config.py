@@ -694,13 +694,7 @@ class Config(_Model):
                 raise _Inconsistent(
                     f"model.backbone.per_head_add.{task}", f"a task in {self.model.tasks}"
                 )
-        if bb.use_legacy_pseudo_deepfm and any(
-            f.get("use_wide") or f.get("use_fm") for f in bb.per_head_add.values()
-        ):
-            raise _Inconsistent(
-                "model.backbone.per_head_add",
-                "no additions in legacy mode (use_legacy_pseudo_deepfm folds fm_vec into h)",
-            )
+        self._check_backbone_users()
         rt = self.runtime
         if rt.auto_eval and rt.auto_eval_ckpt == "last" and not rt.save_last:
             # Caught here, not after a whole training run: the 'last' weights are only kept
@@ -709,6 +703,35 @@ class Config(_Model):
                 "runtime.auto_eval_ckpt", "'best' (or set runtime.save_last: true)", "last"
             )
         return self
+
+    def _check_backbone_users(self) -> None:
+        """The parts that read the backbone's wide term, FM output or logit parts need it."""
+        bb, mm = self.model.backbone, self.model.mmoe
+        adds = [f for f in bb.per_head_add.values() if f.get("use_wide") or f.get("use_fm")]
+        if bb.use_legacy_pseudo_deepfm and adds:
+            raise _Inconsistent(
+                "model.backbone.per_head_add",
+                "no additions in legacy mode (use_legacy_pseudo_deepfm folds fm_vec into h)",
+            )
+        if adds and not bb.return_logit_parts:
+            raise _Inconsistent(
+                "model.backbone.return_logit_parts", "true: per_head_add adds those parts", False
+            )
+        if bb.fm_enabled:
+            return
+        users = {
+            "model.backbone.use_legacy_pseudo_deepfm": bb.use_legacy_pseudo_deepfm,
+            "model.mmoe.add_fm_vec": mm.add_fm_vec,
+            "model.backbone.per_head_add (use_fm)": any(f.get("use_fm") for f in adds),
+            **{
+                f"model.heads.{t}.extra_inputs (fm_vec)": "fm_vec"
+                in self.model.heads.for_task(t).extra_inputs
+                for t in self.model.tasks
+            },
+        }
+        for key, uses_fm in users.items():
+            if uses_fm:
+                raise _Inconsistent(key, "no use of the FM output with backbone.fm_enabled: false")
 
     # Derived settings ------------------------------------------------------------------------
 

@@ -115,46 +115,16 @@ class _Plan:
 
 
 def _per_head_add(cfg: Config) -> dict[str, tuple[bool, bool]]:
-    """Per task: (adds the wide term, adds the FM logit), checked against the backbone mode."""
+    """Per task: (adds the wide term, adds the FM logit). Their consistency with the backbone
+    mode and ``fm_enabled`` is checked with the parameters (``Config``), before any work."""
     bb = cfg.model.resolved_backbone()
-    per_head_add: dict[str, tuple[bool, bool]] = {}
-    for task in cfg.model.tasks:
-        flags = bb.per_head_add.get(task, {})
-        per_head_add[task] = (bool(flags.get("use_wide")), bool(flags.get("use_fm")))
-    any_add = any(w or f for w, f in per_head_add.values())
-    if bb.use_legacy_pseudo_deepfm and any_add:
-        raise ValueError(
-            "model.backbone.per_head_add must add nothing in legacy mode "
-            "(use_legacy_pseudo_deepfm folds fm_vec into h)"
+    return {
+        task: (
+            bool(bb.per_head_add.get(task, {}).get("use_wide")),
+            bool(bb.per_head_add.get(task, {}).get("use_fm")),
         )
-    if any_add and not bb.return_logit_parts:
-        raise ValueError(
-            "model.backbone.per_head_add needs return_logit_parts: true (it adds those parts)"
-        )
-    return per_head_add
-
-
-def _check_fm_users(cfg: Config, fm_logit: bool) -> None:
-    """Every part that reads the FM output needs ``fm_enabled``."""
-    bb = cfg.model.resolved_backbone()
-    if bb.fm_enabled:
-        return
-    if bb.use_legacy_pseudo_deepfm:
-        raise ValueError(
-            "model.backbone.use_legacy_pseudo_deepfm needs fm_enabled: true "
-            "(h = Linear(concat(deep_h, fm_vec)))"
-        )
-    if cfg.model.mmoe.add_fm_vec:
-        raise ValueError(
-            "model.mmoe.add_fm_vec needs model.backbone.fm_enabled: true (or set add_fm_vec: false)"
-        )
-    if fm_logit:
-        raise ValueError("model.backbone.per_head_add use_fm needs fm_enabled: true")
-    for task in cfg.model.tasks:
-        if "fm_vec" in cfg.model.heads.for_task(task).extra_inputs:
-            raise ValueError(
-                f"model.heads.{task}.extra_inputs has fm_vec: needs model.backbone.fm_enabled"
-            )
+        for task in cfg.model.tasks
+    }
 
 
 def _part_dims(cfg: Config, deep_out: int, emb_dim: int, dense_dim: int) -> dict[str, int]:
@@ -207,7 +177,6 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
     deep_out = deep_dims[-1] if deep_dims else dense_dim
     per_head_add = _per_head_add(cfg)
     fm_logit = any(f for _, f in per_head_add.values())
-    _check_fm_users(cfg, fm_logit)
     part_width = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim}
     head_inputs = {
         t: list(dict.fromkeys(cfg.model.heads.for_task(t).extra_inputs)) for t in cfg.model.tasks

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rec_pipeline.config import Config, ConfigError
+from rec_pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ def build_optimizers(model: torch.nn.Module, cfg: Config) -> Optimizers:
     dense_params = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     use_sparse = o.type == "dual_sparse_dense" and o.sparse.enabled
     if use_sparse and not sparse_params:
-        if not o.sparse.allow_fallback_if_empty:
-            raise ConfigError(
-                "parameter 'optim.sparse.allow_fallback_if_empty': the sparse optimiser has no "
-                "parameters (embedding.sparse_grad is false); set it true or enable sparse_grad"
-            )
+        # Only with optim.sparse.allow_fallback_if_empty (Config checks it before any work).
         log.warning("Sparse optimiser has no parameters; embeddings are trained by AdamW.")
     on_gpu = bool(dense_params) and all(p.is_cuda for p in dense_params)
     dense = torch.optim.AdamW(
