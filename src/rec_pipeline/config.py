@@ -238,6 +238,9 @@ class EmbeddingConfig(_Model):
     weight_channel: Literal["none", "scale", "dense"] = "dense"
     sparse_grad: bool = True
     init_std: float = Field(0.01, gt=0.0)
+    # L2 penalty on the table rows a step reads (each distinct row once a step, so a frequent id
+    # is pulled to 0 more often): the loss adds l2_reg * sum of their squares. 0: off.
+    l2_reg: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> EmbeddingConfig:

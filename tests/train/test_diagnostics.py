@@ -20,7 +20,9 @@ from rec_pipeline.train.losses import ESMM_COMPONENTS
 
 
 def make_out(l_ctr, l_cvr, gates):
-    return SimpleNamespace(logits={"ctr": l_ctr, "cvr": l_cvr}, gates=gates, training=False)
+    return SimpleNamespace(
+        logits={"ctr": l_ctr, "cvr": l_cvr}, gates=gates, training=False, embedding_l2=None
+    )
 
 
 # ------------------------------------------------------------------------------ diagnostics

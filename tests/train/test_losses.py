@@ -42,13 +42,14 @@ def make_cfg(loss=None, esmm=None, gate=None, **top):
     return load_config(params)
 
 
-def make_out(l_ctr, l_cvr, gates=None, training=False):
+def make_out(l_ctr, l_cvr, gates=None, training=False, embedding_l2=None):
     return SimpleNamespace(
         logits={"ctr": l_ctr, "cvr": l_cvr},
         gates=gates or {},
         training=training,
         logit_linear=None,
         fm_logit=None,
+        embedding_l2=embedding_l2,
     )
 
 
@@ -338,7 +339,7 @@ def _train_tiny_mmoe(entropy_weight: float) -> float:
     for _ in range(25):
         mixed, gates = mmoe(x)
         logits = {t: heads[t](mixed[t]).squeeze(-1) for t in ("ctr", "cvr")}
-        out = SimpleNamespace(logits=logits, gates=gates, training=True)
+        out = SimpleNamespace(logits=logits, gates=gates, training=True, embedding_l2=None)
         res = compute_losses(out, click, conv, step=0, cfg=cfg, pos_weight={})
         opt.zero_grad()
         res.total.backward()

@@ -69,6 +69,8 @@ class ModelOutput:
     logit_linear: ``[B]`` first-order term (``None`` when ``return_logit_parts`` is false).
     fm_logit: ``[B]`` FM logit (``None`` unless some head adds it and parts are returned).
     training: whether the model was in training mode (the gate regulariser applies only then).
+    embedding_l2: ``[]`` sum of squares of the table rows the batch read (training mode with
+        ``embedding.l2_reg`` > 0, else ``None``).
     """
 
     logits: dict[str, Tensor]
@@ -76,6 +78,7 @@ class ModelOutput:
     logit_linear: Tensor | None = None
     fm_logit: Tensor | None = None
     training: bool = False
+    embedding_l2: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -242,6 +245,7 @@ class DeepFmMmoe(nn.Module):
             sparse=cfg.embedding.sparse_grad,
             init_std=cfg.embedding.init_std,
             linear_terms=plan.linear_terms,
+            touched_l2=cfg.embedding.l2_reg > 0,
         )
         self.deep = MLP(
             plan.dense_dim,
@@ -305,6 +309,7 @@ class DeepFmMmoe(nn.Module):
             logit_linear=emb.logit_linear if plan.return_parts else None,
             fm_logit=fm_logit if plan.return_parts else None,
             training=self.training,
+            embedding_l2=emb.touched_l2,
         )
 
     # ------------------------------------------------------------------------- parameter groups

@@ -86,6 +86,8 @@ class EmbeddingOutput:
         ``weight_channel="dense"``, of each field's coefficient times its value); the first term.
     linear_terms [B, L]: every first-order term (column 0 is ``logit_linear``).
     values [B, F] | None: each bag's mean weight (``weight_channel="dense"`` only).
+    touched_l2 [] | None: sum of squares of the distinct table rows the batch looked up (in
+        training mode, when asked for): an L2 penalty on exactly the rows a step updates.
     """
 
     emb_stack: Tensor
@@ -95,6 +97,7 @@ class EmbeddingOutput:
     logit_linear: Tensor
     linear_terms: Tensor
     values: Tensor | None = None
+    touched_l2: Tensor | None = None
 
     @property
     def dense_input(self) -> Tensor:
@@ -149,6 +152,8 @@ class FusedFieldEmbedding(nn.Module):
             coefficients), e.g. one per task that adds a wide term of its own.
         sparse: produce sparse gradients for the tables (for a sparse optimiser).
         init_std: std of the normal init of the vector columns.
+        touched_l2: in training mode, also return the sum of squares of every table row the
+            batch looks up, each distinct row once (``EmbeddingOutput.touched_l2``).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class FusedFieldEmbedding(nn.Module):
         sparse: bool = True,
         init_std: float = 0.01,
         linear_terms: int = 1,
+        touched_l2: bool = False,
     ) -> None:
         super().__init__()
         fields = [*skeleton_fields, *common_fields]
@@ -174,6 +180,7 @@ class FusedFieldEmbedding(nn.Module):
         self.weight_channel = weight_channel
         self.linear_terms = int(linear_terms)
         self.sparse = bool(sparse)
+        self.touched_l2 = bool(touched_l2)
         self.init_std = float(init_std)
         self.vocab_sizes = {f: int(vocab_sizes[f]) for f in self.fields}
         self.dims = [int(dims[f]) for f in self.fields]
@@ -307,6 +314,7 @@ class FusedFieldEmbedding(nn.Module):
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
         n_rows = batch.cm_inverse.shape[0]  # B
         parts = []
+        l2 = self._touched_l2(batch) if self.touched_l2 and self.training else None
         if self.skeleton_table is not None:
             parts.append(
                 self._pool(
@@ -351,7 +359,25 @@ class FusedFieldEmbedding(nn.Module):
             logit_linear=linear[:, 0],
             linear_terms=linear,
             values=values,
+            touched_l2=l2,
         )
+
+    def _touched_l2(self, batch: BatchLike) -> Tensor:
+        """Sum of squares of the distinct rows the batch reads, over both tables.
+
+        Looked up with ``F.embedding`` so that the gradient stays as sparse as the pooling's.
+        """
+        total = None
+        for table, row_offset, ids, fields in (
+            (self.skeleton_table, self.sk_row_offset, batch.sk_ids, batch.sk_fields),
+            (self.common_table, self.cm_row_offset, batch.cm_ids, batch.cm_fields),
+        ):
+            if table is None:
+                continue
+            rows = torch.unique(ids + row_offset[fields])  # [n distinct]
+            part = F.embedding(rows, table, sparse=self.sparse).float().pow(2).sum()
+            total = part if total is None else total + part
+        return total
 
     def extra_repr(self) -> str:
         return (

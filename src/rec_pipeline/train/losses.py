@@ -295,6 +295,8 @@ def compute_losses(
         loss_gate_balance = ``KL(mean g || uniform)`` (see :func:`gate_regularisers`); total adds
         ``entropy_reg_weight * loss_gate_entropy + load_balance_kl_weight * loss_gate_balance``.
         In eval mode both are 0.
+    Embedding L2 (``embedding.l2_reg`` > 0, training mode): loss_embedding_l2 = the sum of
+        squares of the distinct table rows the batch read; total adds ``l2_reg`` times it.
     """
     y_click, y_conv = click.float(), conversion.float()
     if cfg.use_esmm:
@@ -307,6 +309,9 @@ def compute_losses(
         )
     total, gate_comps = add_gate_terms(total, out, cfg)
     comps.update(gate_comps)
+    if out.embedding_l2 is not None and cfg.embedding.l2_reg > 0:
+        comps["loss_embedding_l2"] = out.embedding_l2
+        total = total + cfg.embedding.l2_reg * out.embedding_l2
     return LossResult(total=total.float(), components={k: v.float() for k, v in comps.items()})
 
 
