@@ -320,7 +320,7 @@ class MMoEConfig(_Model):
         return self
 
 
-HeadInput = Literal["deep_h", "emb", "fm_vec"]
+HeadInput = Literal["deep_h", "emb", "fm_vec", "dots"]
 
 
 class ResolvedHead(_Model):
@@ -333,7 +333,8 @@ class ResolvedHead(_Model):
     # Output bias = log(p/(1-p)); null takes p from the training data's positive rate.
     prior_rate: float | None = Field(None, gt=0.0, lt=1.0)
     # Backbone parts concatenated to the task's expert mixture as the head's input (skip
-    # connections around the MMoE): deep_h, emb (emb_concat and any field values), fm_vec.
+    # connections around the MMoE): deep_h, emb (emb_concat and any field values), fm_vec, dots
+    # (every field pair's embedding dot product, F (F - 1) / 2 values).
     extra_inputs: list[HeadInput] = Field(default_factory=lambda: ["emb"])
 
 

@@ -70,7 +70,8 @@ def widths(cfg: Config, meta: ModelMeta) -> Widths:
         part_dims.append(emb_dim)
     if mm.add_emb != "none":
         part_dims.append(dense_dim if mm.add_emb == "concat" else emb_dim)
-    skip = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim}
+    n = len(dims)
+    skip = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim, "dots": n * (n - 1) // 2}
     head_in = {
         t: mm.expert_mlp_dims[-1]
         + sum(skip[k] for k in set(cfg.model.heads.for_task(t).extra_inputs))

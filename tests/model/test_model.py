@@ -19,7 +19,7 @@ from rec_pipeline.model.builder import (
     parameter_counts,
 )
 from rec_pipeline.model.embedding import FusedFieldEmbedding
-from rec_pipeline.model.fm import fm_interaction
+from rec_pipeline.model.fm import fm_interaction, pair_count, pairwise_dots
 from rec_pipeline.model.mmoe import GroupedExperts
 from rec_pipeline.train.losses import PosWeights, compute_losses
 
@@ -691,6 +691,10 @@ VARIANTS = {
         ),
         {"weight_channel": "dense"},
     ),
+    "field_dots_to_cvr": (
+        _variant(heads={"cvr": {"extra_inputs": ["emb", "dots"]}}),
+        {"embedding_dim_overrides": {"f0_205": 4}},
+    ),
     "deep_experts_no_adapter": (
         _variant(mmoe={"expert_mlp_dims": [96, 48], "adapter_mlp_dims": [], "add_emb": "sum"}),
         None,
@@ -796,3 +800,16 @@ def test_variant_plan_matches_widths_read_from_the_config(name):
     )
     assert list(plan.part_dims.values()) == want.part_dims
     assert plan.head_in_dims == want.head_in
+
+
+def test_pairwise_dots_match_a_loop_over_field_pairs():
+    torch.manual_seed(3)
+    e = torch.randn(4, 5, 3, dtype=torch.float64)
+    want = torch.stack(
+        [
+            torch.stack([e[b, i] @ e[b, j] for i in range(5) for j in range(i + 1, 5)])
+            for b in range(4)
+        ]
+    )
+    torch.testing.assert_close(pairwise_dots(e), want)
+    assert pair_count(5) == 10 == pairwise_dots(e).shape[1]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from .embedding import BatchLike, FusedFieldEmbedding
-from .fm import FMLayer
+from .fm import FMLayer, pair_count, pairwise_dots
 from .heads import TaskHead
 from .mlp import MLP
 from .mmoe import MMoE, MMoEInputComposer
@@ -109,6 +109,7 @@ class _Plan:
     priors: dict[str, float]
     head_inputs: dict[str, list[str]]  # per task: extra backbone parts fed to its head
     head_in_dims: dict[str, int]
+    dots_needed: bool  # some head reads the pairwise field dot products
     wide_column: dict[str, int]  # per task adding a wide term: its first-order column
 
     @property
@@ -180,7 +181,12 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
     deep_out = deep_dims[-1] if deep_dims else dense_dim
     per_head_add = _per_head_add(cfg)
     fm_logit = any(f for _, f in per_head_add.values())
-    part_width = {"deep_h": deep_out, "emb": dense_dim, "fm_vec": emb_dim}
+    part_width = {
+        "deep_h": deep_out,
+        "emb": dense_dim,
+        "fm_vec": emb_dim,
+        "dots": pair_count(len(fields)),
+    }
     head_inputs = {
         t: list(dict.fromkeys(cfg.model.heads.for_task(t).extra_inputs)) for t in cfg.model.tasks
     }
@@ -216,6 +222,7 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         priors=_priors(cfg, meta),
         head_inputs=head_inputs,
         head_in_dims=head_in_dims,
+        dots_needed=any("dots" in v for v in head_inputs.values()),
         wide_column=_wide_columns(cfg, per_head_add),
     )
 
@@ -290,6 +297,8 @@ class DeepFmMmoe(nn.Module):
         x = self.composer(parts)  # [B, out_dim]
         mixed, gates = self.mmoe(x)
         skips = {"deep_h": deep_h, "emb": dense_input, "fm_vec": fm_vec}
+        if plan.dots_needed:
+            skips["dots"] = pairwise_dots(emb.emb_stack)  # [B, F (F - 1) / 2]
         logits = {}
         for task in self.tasks:
             head_in = mixed[task]  # [B, H]

@@ -1,7 +1,9 @@
-"""Factorisation-machine second-order interaction (B batch, F fields, D embedding dim)."""
+"""Second-order field interactions (B batch, F fields, D embedding dim): the factorisation
+machine's summed form, and every pair's dot product (DLRM's interaction)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .mlp import MLP
@@ -16,6 +18,25 @@ def fm_interaction(emb_stack: Tensor) -> Tensor:
     sum_e = emb_stack.sum(dim=1)
     sum_sq = (emb_stack * emb_stack).sum(dim=1)
     return 0.5 * (sum_e * sum_e - sum_sq) / num_fields
+
+
+def pair_count(num_fields: int) -> int:
+    """How many field pairs :func:`pairwise_dots` returns: F (F - 1) / 2."""
+    return num_fields * (num_fields - 1) // 2
+
+
+def pairwise_dots(emb_stack: Tensor) -> Tensor:
+    """``[B, F, D] -> [B, F (F - 1) / 2]``: ``<e_i, e_j>`` for every field pair i < j, in the
+    order of ``torch.triu_indices(F, F, 1)``.
+
+    Unlike the FM's sum over pairs, each pair keeps its own feature, so a tower can weigh, say,
+    the user's behaviour list against the candidate item apart from every other pair; an MLP
+    on the concatenated vectors learns such dot products poorly.
+    """
+    num_fields = emb_stack.shape[1]
+    gram = torch.bmm(emb_stack, emb_stack.transpose(1, 2))  # [B, F, F]
+    i, j = torch.triu_indices(num_fields, num_fields, 1, device=emb_stack.device)
+    return gram[:, i, j]
 
 
 class FMLayer(nn.Module):
