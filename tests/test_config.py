@@ -55,7 +55,7 @@ def test_real_data_environment_is_the_source_recipe():
     """base + conf/aliccp's overrides = the recipe, with the source's behaviour for the keys
     that the recipe predates."""
     predates = {
-        "embedding": {"weight_channel": "none"},
+        "embedding": {"weight_channel": "none", "l2_reg": 0.0},
         "model": {
             "backbone": {"wide_per_task": False},
             "heads": {"default": {"extra_inputs": []}, "cvr": {"dropout": 0.1}},

@@ -240,7 +240,7 @@ class EmbeddingConfig(_Model):
     init_std: float = Field(0.01, gt=0.0)
     # L2 penalty on the table rows a step reads (each distinct row once a step, so a frequent id
     # is pulled to 0 more often): the loss adds l2_reg * sum of their squares. 0: off.
-    l2_reg: float = Field(0.0, ge=0.0)
+    l2_reg: float = Field(1e-4, ge=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> EmbeddingConfig:
@@ -326,7 +326,7 @@ HeadInput = Literal["deep_h", "emb", "fm_vec", "dots"]
 class ResolvedHead(_Model):
     """A task tower's settings; the field defaults are the towers' defaults."""
 
-    mlp_dims: list[int] = Field(default_factory=lambda: [128])
+    mlp_dims: list[int] = Field(default_factory=lambda: [512])
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     use_bn: bool = False
     activation: Activation = "relu"
@@ -335,7 +335,7 @@ class ResolvedHead(_Model):
     # Backbone parts concatenated to the task's expert mixture as the head's input (skip
     # connections around the MMoE): deep_h, emb (emb_concat and any field values), fm_vec, dots
     # (every field pair's embedding dot product, F (F - 1) / 2 values).
-    extra_inputs: list[HeadInput] = Field(default_factory=lambda: ["emb"])
+    extra_inputs: list[HeadInput] = Field(default_factory=lambda: ["emb", "dots"])
 
 
 class HeadConfig(_Model):

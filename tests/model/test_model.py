@@ -618,7 +618,7 @@ def _seed_params(model=None, embedding=None) -> dict:
     embedding = {"default_embedding_dim": 8, "mode": "mean", "sparse_grad": True} | (
         embedding or {}
     )
-    return {"embedding": {"weight_channel": "none"} | embedding, "model": model}
+    return {"embedding": {"weight_channel": "none", "l2_reg": 0.0} | embedding, "model": model}
 
 
 def _meta_for(cfg, vocab=50) -> ModelMeta:
