@@ -6,6 +6,7 @@ Examples::
     python -m benchmarks.bench_preprocess --sizes-mb 50 200 --chunk-mb 16
     python -m benchmarks.bench_preprocess --workdir /data/tmp --keep
     python -m benchmarks.bench_preprocess --on-chunk mypkg.mod:consume   # time parse + a stage
+    python -m benchmarks.bench_preprocess --workers 1 2 4 8 16     # the scaling curve
 
 Writes synthetic files in the exact raw format (``sample_skeleton``: ~13 features a line, two
 multi-hot fields; ``common_features``: ~500 weighted features a line over 109_14 / 110_14 /
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,8 +50,9 @@ BEHAVIOUR_FIELDS = list(aliccp.BEHAVIOUR_FIELDS)
 BEHAVIOUR_MEAN = [60, 150, 130, 150]
 
 TABLE_HEADER = (
-    "| file kind | stage | size MB | lines | features | chunk MB | seconds | MB/s | peak RSS MB "
-    "| RSS after imports MB | peak - imports MB |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| file kind | stage | size MB | lines | features | chunk MB | workers | seconds | MB/s "
+    "| MB/s per worker | peak RSS MB | RSS after imports MB | peak - imports MB "
+    "| worker peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -153,14 +156,16 @@ def _resolve(spec: str | None):
     return getattr(importlib.import_module(module), name)
 
 
-def measure(path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None) -> dict:
+def measure(
+    path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None, workers: int = 1
+) -> dict:
     fields = SKELETON_FIELDS if kind == aliccp.SKELETON_KIND else COMMON_FIELDS + BEHAVIOUR_FIELDS
     stage = _resolve(on_chunk)
     rss_import = _vm("VmRSS")
     parser = aliccp.FileParser(path, kind, fields, chunk_bytes=chunk_bytes)
     start = time.perf_counter()
     n_rows = 0
-    for rows, quarantine in parser.chunks():
+    for rows, quarantine in parser.chunks(workers=workers):
         n_rows += rows.num_rows
         if stage is not None:
             stage(rows, quarantine)
@@ -172,17 +177,35 @@ def measure(path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None)
         "report": report.to_dict(),
         "peak_rss": _vm("VmHWM"),
         "rss_import": rss_import,
+        # The largest parsing process's peak (kB): each worker holds about one chunk at a time.
+        "worker_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
 
 
-def measure_in_subprocess(path: Path, kind: str, chunk_bytes: int, on_chunk: str | None) -> dict:
+def measure_in_subprocess(
+    path: Path, kind: str, chunk_bytes: int, on_chunk: str | None, workers: int = 1
+) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_preprocess", "--measure", str(path)]
-    cmd += ["--kind", kind]
+    cmd += ["--kind", kind, "--workers", str(workers)]
     cmd += ["--chunk-mb", str(chunk_bytes / 2**20)]
     if on_chunk:
         cmd += ["--on-chunk", on_chunk]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _row(kind: str, stage: str, truth: dict, chunk_mb: float, workers: int, res: dict) -> str:
+    rep = res["report"]
+    assert rep["valid_rows"] == truth["lines"] and rep["rejected"] == 0, rep
+    assert rep["features_kept"] == truth["features"], (rep, truth)
+    mb, sec = truth["bytes"] / 1e6, res["seconds"]
+    peak, base = res["peak_rss"] / 2**20, res["rss_import"] / 2**20
+    worker_peak = res["worker_peak_rss"] / 2**10 if workers > 1 else 0.0
+    return (
+        f"| {kind} | {stage} | {mb:,.0f} | {truth['lines']:,} | {truth['features']:,} | "
+        f"{chunk_mb:g} | {workers} | {sec:.2f} | {mb / sec:,.0f} | {mb / sec / workers:,.0f} | "
+        f"{peak:,.0f} | {base:,.0f} | {peak - base:,.0f} | {worker_peak:,.0f} |"
+    )
 
 
 def machine() -> str:
@@ -209,13 +232,15 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the written files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--on-chunk", default=None, help="module:function run on every chunk (timed)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="parse processes")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child process mode
     ap.add_argument("--kind", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     chunk_bytes = int(args.chunk_mb * 2**20)
 
     if args.measure:
-        print(json.dumps(measure(args.measure, args.kind, chunk_bytes, args.on_chunk)))
+        res = measure(args.measure, args.kind, chunk_bytes, args.on_chunk, args.workers[0])
+        print(json.dumps(res))
         return
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
@@ -230,18 +255,9 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 truth = write_file(path, kind, int(size_mb * 1e6), args.seed)
                 t_write = time.perf_counter() - t0
-                res = measure_in_subprocess(path, kind, chunk_bytes, args.on_chunk)
-                rep = res["report"]
-                assert rep["valid_rows"] == truth["lines"] and rep["rejected"] == 0, rep
-                assert rep["features_kept"] == truth["features"], (rep, truth)
-                mb = truth["bytes"] / 1e6
-                peak, base = res["peak_rss"] / 2**20, res["rss_import"] / 2**20
-                print(
-                    f"| {kind} | {stage} | {mb:,.0f} | {truth['lines']:,} | "
-                    f"{truth['features']:,} | {args.chunk_mb:g} | {res['seconds']:.2f} | "
-                    f"{mb / res['seconds']:,.0f} | {peak:,.0f} | {base:,.0f} | {peak - base:,.0f} |",
-                    flush=True,
-                )
+                for workers in args.workers:
+                    res = measure_in_subprocess(path, kind, chunk_bytes, args.on_chunk, workers)
+                    print(_row(kind, stage, truth, args.chunk_mb, workers, res), flush=True)
                 print(f"(wrote {path.name} in {t_write:.1f} s)", file=sys.stderr)
                 if not args.keep:
                     path.unlink()

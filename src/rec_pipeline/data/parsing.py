@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 
 from rec_pipeline.data.aliccp import (
@@ -20,14 +21,26 @@ log = logging.getLogger(__name__)
 PARSE_OUTPUTS = ("train_samples", "train_commons", "test_samples", "test_commons")
 
 
+def worker_count(setting: int | str, file_bytes: int, chunk_bytes: int) -> int:
+    """Processes for one file: ``setting`` (``auto``: the cores), 1 below four chunks."""
+    if file_bytes < 4 * chunk_bytes:
+        return 1
+    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
+
+
 def parse_raw_files(
-    raw: RawFiles, skeleton: Sequence[str], common: Sequence[str], chunk_bytes: int
+    raw: RawFiles,
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    chunk_bytes: int,
+    workers: int | str = 1,
 ) -> Iterator[tuple]:
     """Parse the four raw files chunk by chunk.
 
     Yields (train_samples, train_commons, test_samples, test_commons, quarantine, report) with
     an empty table for the outputs a chunk does not feed; the report is the running data-quality
-    count, overwritten at each chunk so that a crash still leaves the counts so far.
+    count, overwritten at each chunk so that a crash still leaves the counts so far. ``workers``
+    (a count or ``auto``) parses each large file's chunks in that many processes.
     """
     reports: dict[str, dict] = {}
     jobs = [
@@ -39,7 +52,8 @@ def parse_raw_files(
     empties = {name: rows_schema(kind, flds).empty_table() for name, _, kind, flds in jobs}
     for name, path, kind, flds in jobs:
         parser = FileParser(path, kind, flds, chunk_bytes=chunk_bytes)
-        for rows, quarantine in parser.chunks():
+        n_workers = worker_count(workers, path.stat().st_size, chunk_bytes)
+        for rows, quarantine in parser.chunks(workers=n_workers):
             reports[name] = parser.report.to_dict()
             outs = [rows if o == name else empties[o] for o in PARSE_OUTPUTS]
             yield (*outs, quarantine, {"files": dict(reports)})

@@ -57,7 +57,7 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     f, folder, seconds = data.fields, Path(folder), {}
     t0 = time.perf_counter()
     names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
-    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20)
+    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, data.parse_workers)
     write_shards(folder, names, parse)
     parsed = {n: ShardSet(folder / f"parsed_{n}") for n in PARSE_OUTPUTS}
     seconds["parse"] = (t1 := time.perf_counter()) - t0

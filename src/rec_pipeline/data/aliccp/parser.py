@@ -6,8 +6,11 @@ values), :mod:`.fields` (field slots); rejected lines get their reason from :mod
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,20 +161,60 @@ class FileParser:
                 carry = n - cut
                 buf[_PAD : _PAD + carry] = buf[_PAD + cut : _PAD + n].copy()
 
-    def chunks(self) -> Iterator[tuple[pa.Table, pa.Table]]:
+    def chunks(self, workers: int = 1) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """``(rows, quarantine)`` per chunk, in file order. With ``workers`` > 1 the chunks are
+        parsed in that many processes (the tables and counts are the same as with one)."""
         if self._started:
             raise RuntimeError("FileParser.chunks() can be iterated only once")
         self._started = True
+        if workers > 1:
+            yield from self._parallel_chunks(workers)
+            return
         for buf, n, n_file in self._regions():
-            report = ParseReport(file=str(self.path), kind=self.kind, bytes_read=n_file)
-            rows, quarantine = [], []
-            for lo, hi in slices(buf[_PAD : _PAD + n], _SLICE_BYTES):
-                r, q = self._parse_slice(buf, _PAD + lo, hi - lo, report)
-                rows.append(r)
-                quarantine.append(q)
-            self.report.add(report)
-            self.last_chunk_report = report
-            yield _concat(rows), _concat(quarantine)
+            yield self._collect(self._parse_region(buf, n, n_file, self._next_line))
+
+    def _parse_region(
+        self, buf: np.ndarray, n: int, n_file: int, first_line: int
+    ) -> tuple[pa.Table, pa.Table, ParseReport]:
+        """The rows, quarantine and counts of the whole lines in buf[_PAD : _PAD + n], whose
+        first line is the file's line ``first_line``."""
+        self._next_line = first_line
+        report = ParseReport(file=str(self.path), kind=self.kind, bytes_read=n_file)
+        rows, quarantine = [], []
+        for lo, hi in slices(buf[_PAD : _PAD + n], _SLICE_BYTES):
+            r, q = self._parse_slice(buf, _PAD + lo, hi - lo, report)
+            rows.append(r)
+            quarantine.append(q)
+        return _concat(rows), _concat(quarantine), report
+
+    def _collect(self, parsed: tuple[pa.Table, pa.Table, ParseReport]) -> tuple:
+        rows, quarantine, report = parsed
+        self.report.add(report)
+        self.last_chunk_report = report
+        return rows, quarantine
+
+    def _parallel_chunks(self, workers: int) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """Chunks read here, parsed in ``workers`` processes, yielded in file order.
+
+        At most ``2 * workers`` chunks are in flight, so memory stays bounded. A chunk's first
+        line number is known before it is parsed: its predecessors' newlines are counted here.
+        The processes are spawned (not forked): the caller may hold threads.
+        """
+        ctx = multiprocessing.get_context("spawn")
+        init = (self.path, self.kind, self.fields, self.chunk_bytes)
+        pending: deque = deque()
+        line = 1
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=init
+        ) as pool:
+            for buf, n, n_file in self._regions():
+                region = buf[: _PAD + n + 1].copy()  # the reader reuses its buffer
+                pending.append(pool.submit(_parse_in_worker, region, n, n_file, line))
+                line += int(np.count_nonzero(region[_PAD : _PAD + n] == ord("\n")))
+                if len(pending) >= 2 * workers:
+                    yield self._collect(pending.popleft().result())
+            while pending:
+                yield self._collect(pending.popleft().result())
 
     # -- one slice --------------------------------------------------------------------------
 
@@ -389,6 +432,18 @@ def _parse_features(b, u64, off, tok: _Tokens, py_int: PythonTokens):
     if bad_feat.any():
         bad_line[np.searchsorted(tok.feat_off, np.flatnonzero(bad_feat), side="right") - 1] = True
     return ids, values, bad_line
+
+
+_WORKER: FileParser | None = None  # the parser of a worker process (_parallel_chunks)
+
+
+def _init_worker(path, kind, fields, chunk_bytes) -> None:
+    global _WORKER
+    _WORKER = FileParser(path, kind, fields, chunk_bytes)
+
+
+def _parse_in_worker(region, n, n_file, first_line):
+    return _WORKER._parse_region(region, n, n_file, first_line)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -26,7 +26,8 @@ from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
 def parse_raw(raw_aliccp: RawFiles, data: dict[str, Any]) -> Iterator[tuple]:
     """The four raw files as parsed shards, the quarantined lines and the parse report."""
     d = load_section("data", data)
-    yield from parse_raw_files(raw_aliccp, d.fields.skeleton, d.fields.common, d.chunk_mb << 20)
+    fields, chunk = d.fields, d.chunk_mb << 20
+    yield from parse_raw_files(raw_aliccp, fields.skeleton, fields.common, chunk, d.parse_workers)
 
 
 def extract_planted_truth(raw_aliccp: RawFiles) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,0 +1,29 @@
+"""Parsing in several processes gives the tables and counts of one process, in file order."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from raw_files import SKELETON, feat, write_raw
+
+from rec_pipeline.data.aliccp import SKELETON_KIND, FileParser
+
+
+def _parse(path, workers: int):
+    parser = FileParser(path, SKELETON_KIND, ["205", "301"], chunk_bytes=1500)
+    chunks = list(parser.chunks(workers=workers))
+    rows = pa.concat_tables([r for r, _ in chunks])
+    quarantine = pa.concat_tables([q for _, q in chunks])
+    return len(chunks), rows, quarantine, parser.report.to_dict()
+
+
+def test_two_workers_match_one(tmp_path):
+    bad = [f"9{i:02d},x,0,train0001,1,{feat('205', 1)}" for i in range(5)]  # unparsable click
+    bad += ["950,0,0,train0002,2", f"951,0,1,train0003,1,{feat('205', 7001)}"]
+    write_raw(tmp_path, bad)
+    path = tmp_path / SKELETON.format("train")
+    n1, rows1, q1, report1 = _parse(path, workers=1)
+    n2, rows2, q2, report2 = _parse(path, workers=2)
+    assert n1 == n2 > 4  # several chunks in flight at once
+    assert rows1.equals(rows2) and q1.equals(q2)
+    assert report1 == report2
+    assert q2.column("line_number").to_pylist() == list(range(201, 208))  # file line numbers
