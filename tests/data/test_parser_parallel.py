@@ -27,3 +27,13 @@ def test_two_workers_match_one(tmp_path):
     assert rows1.equals(rows2) and q1.equals(q2)
     assert report1 == report2
     assert q2.column("line_number").to_pylist() == list(range(201, 208))  # file line numbers
+
+
+def test_crlf_lines_and_no_trailing_newline_match_too(tmp_path):
+    write_raw(tmp_path)
+    path = tmp_path / SKELETON.format("train")
+    text = path.read_bytes().replace(b"\n", b"\r\n", 40).rstrip(b"\n")  # 40 CRLF lines, no final \n
+    path.write_bytes(text)
+    one, two = _parse(path, workers=1), _parse(path, workers=3)
+    assert one[1].equals(two[1]) and one[2].equals(two[2]) and one[3] == two[3]
+    assert one[3]["valid_rows"] == 200  # every line kept, the last one too

@@ -6,6 +6,7 @@ values), :mod:`.fields` (field slots); rejected lines get their reason from :mod
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rec_pipeline.data.aliccp.fields import FieldTable
 from rec_pipeline.data.aliccp.format import HEADER_COMMAS, SKELETON_KIND
@@ -194,27 +196,46 @@ class FileParser:
         return rows, quarantine
 
     def _parallel_chunks(self, workers: int) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """Chunks read here, parsed in ``workers`` processes, yielded in file order.
+        """Chunks parsed in ``workers`` processes, yielded in file order.
 
-        At most ``2 * workers`` chunks are in flight, so memory stays bounded. A chunk's first
-        line number is known before it is parsed: its predecessors' newlines are counted here.
-        The processes are spawned (not forked): the caller may hold threads.
+        Only byte ranges travel to the workers (each reads its own range), so this process
+        does no more than cut the file at line ends and renumber the quarantined lines: a
+        worker numbers its lines from 1, and the count of its predecessors' lines is added
+        here. At most ``2 * workers`` chunks are in flight, so memory stays bounded. The
+        processes are spawned (not forked): the caller may hold threads.
         """
         ctx = multiprocessing.get_context("spawn")
         init = (self.path, self.kind, self.fields, self.chunk_bytes)
         pending: deque = deque()
-        line = 1
+        lines_before = 0
         with ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=init
         ) as pool:
-            for buf, n, n_file in self._regions():
-                region = buf[: _PAD + n + 1].copy()  # the reader reuses its buffer
-                pending.append(pool.submit(_parse_in_worker, region, n, n_file, line))
-                line += int(np.count_nonzero(region[_PAD : _PAD + n] == ord("\n")))
-                if len(pending) >= 2 * workers:
-                    yield self._collect(pending.popleft().result())
-            while pending:
-                yield self._collect(pending.popleft().result())
+            ranges = _line_ranges(self.path, self.chunk_bytes)
+            while True:
+                for start, end in itertools.islice(ranges, 2 * workers - len(pending)):
+                    pending.append(pool.submit(_parse_range_in_worker, start, end))
+                if not pending:
+                    return
+                rows, quarantine, report = pending.popleft().result()
+                i = QUARANTINE_SCHEMA.get_field_index("line_number")
+                numbers = pc.add(quarantine.column(i), lines_before)
+                quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
+                lines_before += report.lines
+                yield self._collect((rows, quarantine, report))
+
+    def _parse_range(self, start: int, end: int) -> tuple[pa.Table, pa.Table, ParseReport]:
+        """Parse the file's bytes [start, end) (whole lines), numbering its lines from 1."""
+        n_file = end - start
+        buf = np.zeros(_PAD + n_file + 1, dtype=np.uint8)
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            fh.readinto(memoryview(buf)[_PAD : _PAD + n_file])
+        n = n_file
+        if n and buf[_PAD + n - 1] != ord("\n"):  # an unterminated last line
+            buf[_PAD + n] = ord("\n")
+            n += 1
+        return self._parse_region(buf, n, n_file, 1)
 
     # -- one slice --------------------------------------------------------------------------
 
@@ -442,8 +463,29 @@ def _init_worker(path, kind, fields, chunk_bytes) -> None:
     _WORKER = FileParser(path, kind, fields, chunk_bytes)
 
 
-def _parse_in_worker(region, n, n_file, first_line):
-    return _WORKER._parse_region(region, n, n_file, first_line)
+def _parse_range_in_worker(start: int, end: int):
+    return _WORKER._parse_range(start, end)
+
+
+def _line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` byte ranges of about ``chunk_bytes`` covering the file, each ending just
+    after a '\\n' (the last one at the end of the file)."""
+    size = path.stat().st_size
+    start = 0
+    with open(path, "rb") as fh:
+        while start < size:
+            end = start + chunk_bytes
+            while end < size:  # move the cut to just after the next line end
+                fh.seek(end)
+                block = fh.read(1 << 16)
+                hit = block.find(b"\n")
+                if hit >= 0:
+                    end += hit + 1
+                    break
+                end += len(block)
+            end = min(end, size)
+            yield start, end
+            start = end
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
