@@ -8,12 +8,12 @@ from raw_files import SKELETON, feat, write_raw
 from rec_pipeline.data.aliccp import SKELETON_KIND, FileParser
 
 
-def _parse(path, workers: int):
-    parser = FileParser(path, SKELETON_KIND, ["205", "301"], chunk_bytes=1500)
+def _parse(path, workers: int, chunk_bytes: int = 1500):
+    parser = FileParser(path, SKELETON_KIND, ["205", "301"], chunk_bytes=chunk_bytes)
     chunks = list(parser.chunks(workers=workers))
     rows = pa.concat_tables([r for r, _ in chunks])
     quarantine = pa.concat_tables([q for _, q in chunks])
-    return len(chunks), rows, quarantine, parser.report.to_dict()
+    return [r.num_rows for r, _ in chunks], rows, quarantine, parser.report.to_dict()
 
 
 def test_two_workers_match_one(tmp_path):
@@ -23,7 +23,8 @@ def test_two_workers_match_one(tmp_path):
     path = tmp_path / SKELETON.format("train")
     n1, rows1, q1, report1 = _parse(path, workers=1)
     n2, rows2, q2, report2 = _parse(path, workers=2)
-    assert n1 == n2 > 4  # several chunks in flight at once
+    # The same chunks (so the same shards downstream), several of them in flight at once.
+    assert n1 == n2 and len(n1) > 4
     assert rows1.equals(rows2) and q1.equals(q2)
     assert report1 == report2
     assert q2.column("line_number").to_pylist() == list(range(201, 208))  # file line numbers
@@ -37,3 +38,12 @@ def test_crlf_lines_and_no_trailing_newline_match_too(tmp_path):
     one, two = _parse(path, workers=1), _parse(path, workers=3)
     assert one[1].equals(two[1]) and one[2].equals(two[2]) and one[3] == two[3]
     assert one[3]["valid_rows"] == 200  # every line kept, the last one too
+
+
+def test_the_same_chunks_when_a_line_is_longer_than_a_chunk(tmp_path):
+    long = ",".join([f"{feat('205', 7000 + i)}" for i in range(120)]).replace(",", "\x01")
+    write_raw(tmp_path, [f"960,1,0,train0003,120,{long}"])
+    path = tmp_path / SKELETON.format("train")
+    for chunk_bytes in (700, 4096):
+        one, four = _parse(path, 1, chunk_bytes), _parse(path, 4, chunk_bytes)
+        assert one[0] == four[0] and one[1].equals(four[1]) and one[3] == four[3]

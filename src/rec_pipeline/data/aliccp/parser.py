@@ -468,24 +468,38 @@ def _parse_range_in_worker(start: int, end: int):
 
 
 def _line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` byte ranges of about ``chunk_bytes`` covering the file, each ending just
-    after a '\\n' (the last one at the end of the file)."""
+    """The ``[start, end)`` byte ranges that :meth:`FileParser._regions` reads as regions.
+
+    The reader fills its buffer up to the next multiple of ``chunk_bytes`` of the file and cuts
+    just after the buffer's last '\\n' (reading on when there is none); the read that meets the
+    end of the file takes the rest. The same cuts make the same chunks, and so the same shards
+    and per-chunk sampling draws, whatever the number of workers.
+    """
     size = path.stat().st_size
-    start = 0
+    start, end = 0, chunk_bytes
     with open(path, "rb") as fh:
         while start < size:
-            end = start + chunk_bytes
-            while end < size:  # move the cut to just after the next line end
-                fh.seek(end)
-                block = fh.read(1 << 16)
-                hit = block.find(b"\n")
-                if hit >= 0:
-                    end += hit + 1
-                    break
-                end += len(block)
-            end = min(end, size)
-            yield start, end
-            start = end
+            if end > size:
+                yield start, size
+                return
+            last = _last_newline(fh, start, end)
+            if last >= 0:
+                yield start, last + 1
+                start = last + 1
+            end += chunk_bytes
+
+
+def _last_newline(fh, start: int, end: int, block: int = 1 << 16) -> int:
+    """File offset of the last '\\n' in [start, end), -1 when there is none."""
+    hi = end
+    while hi > start:
+        lo = max(start, hi - block)
+        fh.seek(lo)
+        hit = fh.read(hi - lo).rfind(b"\n")
+        if hit >= 0:
+            return lo + hit
+        hi = lo
+    return -1
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
