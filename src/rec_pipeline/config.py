@@ -139,15 +139,15 @@ class DataConfig(_Model):
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     fields: FieldsConfig = Field(default_factory=FieldsConfig)
     chunk_mb: int = Field(16, gt=0)
-    # Processes that parse the raw files' chunks at once: a count, or auto for every core (a
-    # file of fewer than four chunks is parsed in the calling process).
-    parse_workers: int | Literal["auto"] = "auto"
+    # Processes that parse the raw files' chunks, and then encode the parsed shards, at once: a
+    # count, or auto for every core (fewer than four chunks are done in the calling process).
+    workers: int | Literal["auto"] = "auto"
 
-    @field_validator("parse_workers")
+    @field_validator("workers")
     @classmethod
     def _workers(cls, v: int | str) -> int | str:
         if v != "auto" and int(v) < 1:
-            raise ValueError("parse_workers must be >= 1 or 'auto'")
+            raise ValueError("workers must be >= 1 or 'auto'")
         return v
 
 

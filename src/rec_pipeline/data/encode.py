@@ -14,17 +14,24 @@ Python loops run over fields and shards, never rows.
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from rec_pipeline.data.sampling import KEEP_DRAW, negative_draws, valid_group_mask
+from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.stats import FieldStats, SplitStats
 from rec_pipeline.data.vocab import IdCounter, Vocabulary
+from rec_pipeline.data.workers import worker_count
 
 SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
 CFI = "common_feature_index"
@@ -176,6 +183,13 @@ class SampleEncoding:
     missing_common: int = 0
     missing_examples: list[int] = field(default_factory=list)
 
+    def merge(self, other: SampleEncoding) -> None:
+        """Add the counts of ``other`` (a later chunk of the same file)."""
+        self.rows_in += other.rows_in
+        self.missing_common += other.missing_common
+        room = max(0, 20 - len(self.missing_examples))
+        self.missing_examples.extend(other.missing_examples[:room])
+
 
 def encode_samples(
     table: pa.Table,
@@ -233,6 +247,83 @@ def split_train_rows(
 ENCODE_OUTPUTS = ("train_all", "valid", "test", "train_commons", "test_commons")
 
 
+@dataclass
+class _SampleContext:
+    """What encoding a chunk of sample rows needs; sent once to each worker process."""
+
+    skeleton: Sequence[str]
+    vocab: Vocabulary
+    indexes: dict[str, CommonIndex]
+    valid_fraction: float
+    seed: int
+
+
+@dataclass
+class _EncodedChunk:
+    """One parsed sample shard, encoded: tables per output split and their counts."""
+
+    tables: dict[str, pa.Table]
+    stats: dict[str, SplitStats]
+    file: SampleEncoding
+
+
+def _encode_sample_chunk(ctx: _SampleContext, table: pa.Table, source: str, chunk: int):
+    """Encode a shard of the ``source`` file (train: split into train_all and valid, with the
+    sampling draws of chunk ``chunk``; test: as is), with counts of its own."""
+    enc = SampleEncoding(rows_in=table.num_rows)
+    out = _EncodedChunk({}, {}, enc)
+
+    def encode(split: str, **kw) -> None:
+        st = out.stats[split] = SplitStats()
+        index = ctx.indexes[source]
+        out.tables[split] = encode_samples(table, ctx.skeleton, ctx.vocab, index, st, enc, **kw)
+
+    if source == "test":
+        encode("test")
+        return out
+    train, valid, draws = split_train_rows(
+        table, valid_fraction=ctx.valid_fraction, seed=ctx.seed, chunk=chunk
+    )
+    encode("train_all", keep=train, draws=draws)
+    encode("valid", keep=valid)
+    return out
+
+
+_CONTEXT: _SampleContext | None = None  # a worker process's (see _encoded_chunks)
+
+
+def _init_encoder(ctx: _SampleContext) -> None:
+    global _CONTEXT
+    _CONTEXT = ctx
+
+
+def _encode_shard_in_worker(path: str, source: str, chunk: int) -> _EncodedChunk:
+    return _encode_sample_chunk(_CONTEXT, pq.read_table(path), source, chunk)
+
+
+def _encoded_chunks(
+    ctx: _SampleContext, shards: list, source: str, workers: int
+) -> Iterator[_EncodedChunk]:
+    """Every parsed shard of ``source``, encoded in shard order; with ``workers`` > 1 in that
+    many spawned processes (only shard paths travel to them; at most 2 x workers in flight)."""
+    if workers <= 1:
+        for chunk, path in enumerate(shards):
+            yield _encode_sample_chunk(ctx, pq.read_table(path), source, chunk)
+        return
+    ctx_mp = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx_mp, initializer=_init_encoder, initargs=(ctx,)
+    ) as pool:
+        tasks = iter(enumerate(shards))
+        pending: deque = deque()
+        while True:
+            for chunk, path in itertools.islice(tasks, 2 * workers - len(pending)):
+                pending.append(pool.submit(_encode_shard_in_worker, str(path), source, chunk))
+            if not pending:
+                return
+            yield pending.popleft().result()
+
+
 class _EncodePass:
     """State of one pass over the parsed splits: running statistics, counts and common indexes."""
 
@@ -249,12 +340,11 @@ class _EncodePass:
     def emit(self, **tables: pa.Table) -> tuple:
         return (*[tables.get(o, self.empty[o]) for o in ENCODE_OUTPUTS], self.report())
 
-    def samples(self, table: pa.Table, source: str, split: str, **kw) -> pa.Table:
-        """Encode rows of the ``source`` raw file (train or test) into output ``split``."""
-        index, file = self.indexes[source], self.files[f"{source}_file"]
-        return encode_samples(
-            table, self.skeleton, self.vocab, index, self.stats[split], file, **kw
-        )
+    def add(self, done: _EncodedChunk, source: str) -> None:
+        """Count an encoded chunk of the ``source`` file in."""
+        self.files[f"{source}_file"].merge(done.file)
+        for split, st in done.stats.items():
+            self.stats[split].merge(st)
 
     def report(self) -> dict:
         return {
@@ -272,34 +362,35 @@ class _EncodePass:
 
 
 def encode_splits(
-    parsed: dict[str, Iterable[pa.Table]],
+    parsed: dict[str, ShardSet],
     skeleton: Sequence[str],
     common: Sequence[str],
     vocab: Vocabulary,
     *,
     valid_fraction: float,
     seed: int,
+    workers: int | str = 1,
 ) -> Iterator[tuple]:
     """Encode parsed shards (``parsed[train_samples|train_commons|test_samples|test_commons]``).
 
     Splits train into train/valid by common record, looks ids up in ``vocab`` and yields, chunk
     by chunk, one table per :data:`ENCODE_OUTPUTS` entry (empty where the chunk feeds none) and
     the running report. Commons go first: the sample rows are joined to them as they are read.
+    The sample shards are encoded by ``workers`` processes when more than one (the same
+    tables, in the same order, and the same counts).
     """
     run = _EncodePass(skeleton, common, vocab)
     for split in ("train", "test"):
-        for table in parsed[f"{split}_commons"]:
+        for table in parsed[f"{split}_commons"].iter_tables():
             run.indexes[split].extend(table.column(CFI))
             out = encode_commons(table, common, vocab, run.stats[f"{split}_commons"])
             yield run.emit(**{f"{split}_commons": out})
-    for chunk, table in enumerate(parsed["train_samples"]):
-        run.files["train_file"].rows_in += table.num_rows
-        train, valid, draws = split_train_rows(
-            table, valid_fraction=valid_fraction, seed=seed, chunk=chunk
-        )
-        tr = run.samples(table, "train", "train_all", keep=train, draws=draws)
-        va = run.samples(table, "train", "valid", keep=valid)
-        yield run.emit(train_all=tr, valid=va)
-    for table in parsed["test_samples"]:
-        run.files["test_file"].rows_in += table.num_rows
-        yield run.emit(test=run.samples(table, "test", "test"))
+    for index in run.indexes.values():
+        index.rows(pa.array([], pa.binary()))  # built once here, not in every worker
+    ctx = _SampleContext(list(skeleton), vocab, run.indexes, valid_fraction, seed)
+    for source in ("train", "test"):
+        shards = parsed[f"{source}_samples"].files
+        n_workers = worker_count(workers, len(shards))
+        for done in _encoded_chunks(ctx, shards, source, n_workers):
+            run.add(done, source)
+            yield run.emit(**done.tables)

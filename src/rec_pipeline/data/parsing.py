@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
 from rec_pipeline.data.aliccp import (
@@ -14,18 +13,12 @@ from rec_pipeline.data.aliccp import (
     rows_schema,
 )
 from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.workers import worker_count
 
 log = logging.getLogger(__name__)
 
 # Outputs of one parsing pass, in the order :func:`parse_raw_files` yields them.
 PARSE_OUTPUTS = ("train_samples", "train_commons", "test_samples", "test_commons")
-
-
-def worker_count(setting: int | str, file_bytes: int, chunk_bytes: int) -> int:
-    """Processes for one file: ``setting`` (``auto``: the cores), 1 below four chunks."""
-    if file_bytes < 4 * chunk_bytes:
-        return 1
-    return (os.cpu_count() or 1) if setting == "auto" else int(setting)
 
 
 def parse_raw_files(
@@ -52,7 +45,7 @@ def parse_raw_files(
     empties = {name: rows_schema(kind, flds).empty_table() for name, _, kind, flds in jobs}
     for name, path, kind, flds in jobs:
         parser = FileParser(path, kind, flds, chunk_bytes=chunk_bytes)
-        n_workers = worker_count(workers, path.stat().st_size, chunk_bytes)
+        n_workers = worker_count(workers, path.stat().st_size // chunk_bytes)
         for rows, quarantine in parser.chunks(workers=n_workers):
             reports[name] = parser.report.to_dict()
             outs = [rows if o == name else empties[o] for o in PARSE_OUTPUTS]

@@ -57,7 +57,7 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     f, folder, seconds = data.fields, Path(folder), {}
     t0 = time.perf_counter()
     names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
-    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, data.parse_workers)
+    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, data.workers)
     write_shards(folder, names, parse)
     parsed = {n: ShardSet(folder / f"parsed_{n}") for n in PARSE_OUTPUTS}
     seconds["parse"] = (t1 := time.perf_counter()) - t0
@@ -73,10 +73,15 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     vocabularies = vocabulary_frame(counter, f.names(), **kw)
     vocabularies.to_parquet(folder / "vocabularies.parquet")
     seconds["vocabularies"] = (t2 := time.perf_counter()) - t1
-    tables = {n: s.iter_tables() for n, s in parsed.items()}
     lookup = Vocabulary(vocabularies, vocab.hash_buckets)
     enc = encode_splits(
-        tables, f.skeleton, f.common, lookup, valid_fraction=data.valid_fraction, seed=data.seed
+        parsed,
+        f.skeleton,
+        f.common,
+        lookup,
+        valid_fraction=data.valid_fraction,
+        seed=data.seed,
+        workers=data.workers,
     )
     report = write_shards(folder, [f"encoded_{n}" for n in ENCODE_OUTPUTS], enc)
     seconds["encode"] = time.perf_counter() - t2

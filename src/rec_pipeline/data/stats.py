@@ -15,6 +15,12 @@ class FieldStats:
     rows_present: int = 0
     max_len: int = 0
 
+    def merge(self, other: FieldStats) -> None:
+        self.values += other.values
+        self.oov += other.oov
+        self.rows_present += other.rows_present
+        self.max_len = max(self.max_len, other.max_len)
+
     def as_dict(self, rows: int) -> dict:
         return {
             "values": self.values,
@@ -37,6 +43,14 @@ class SplitStats:
         self.rows += len(click)
         self.clicks += int(click.sum())
         self.conversions += int(conversion.sum())
+
+    def merge(self, other: SplitStats) -> None:
+        """Add the counts of ``other`` (another chunk of the same split)."""
+        self.rows += other.rows
+        self.clicks += other.clicks
+        self.conversions += other.conversions
+        for name, st in other.fields.items():
+            self.fields.setdefault(name, FieldStats()).merge(st)
 
     def as_dict(self) -> dict:
         out = {

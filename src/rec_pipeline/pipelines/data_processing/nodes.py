@@ -27,7 +27,7 @@ def parse_raw(raw_aliccp: RawFiles, data: dict[str, Any]) -> Iterator[tuple]:
     """The four raw files as parsed shards, the quarantined lines and the parse report."""
     d = load_section("data", data)
     fields, chunk = d.fields, d.chunk_mb << 20
-    yield from parse_raw_files(raw_aliccp, fields.skeleton, fields.common, chunk, d.parse_workers)
+    yield from parse_raw_files(raw_aliccp, fields.skeleton, fields.common, chunk, d.workers)
 
 
 def extract_planted_truth(raw_aliccp: RawFiles) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -76,10 +76,10 @@ def encode_features(
     """
     d, v = load_section("data", data), load_section("vocab", vocab)
     parsed = {
-        "train_samples": parsed_train_samples.iter_tables(),
-        "train_commons": parsed_train_commons.iter_tables(),
-        "test_samples": parsed_test_samples.iter_tables(),
-        "test_commons": parsed_test_commons.iter_tables(),
+        "train_samples": parsed_train_samples,
+        "train_commons": parsed_train_commons,
+        "test_samples": parsed_test_samples,
+        "test_commons": parsed_test_commons,
     }
     yield from encode_splits(
         parsed,
@@ -88,6 +88,7 @@ def encode_features(
         Vocabulary(vocabularies, v.hash_buckets),
         valid_fraction=d.valid_fraction,
         seed=d.seed,
+        workers=d.workers,
     )
 
 

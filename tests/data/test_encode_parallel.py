@@ -1,0 +1,45 @@
+"""Encoding the sample shards in several processes gives the tables and counts of one."""
+
+from __future__ import annotations
+
+from raw_files import feat, write_raw
+
+from rec_pipeline.data.encode import count_training_ids, encode_splits
+from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
+from rec_pipeline.data.processing import write_shards
+from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
+
+SK, CM = ["205", "301"], ["101", "109_14"]
+
+
+def _encode(parsed, vocab, workers):
+    chunks = list(encode_splits(parsed, SK, CM, vocab, valid_fraction=0.3, seed=5, workers=workers))
+    return [c[:-1] for c in chunks], chunks[-1][-1]
+
+
+def test_two_workers_match_one(tmp_path):
+    raw = tmp_path / "raw"
+    write_raw(raw, [f"990,0,0,nosuchrecord,1,{feat('205', 7001)}"])  # one missing record
+    names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
+    write_shards(tmp_path, names, parse_raw_files(RawFiles(raw).check(), SK, CM, 1200))
+    parsed = {n: ShardSet(tmp_path / f"parsed_{n}") for n in PARSE_OUTPUTS}
+    assert len(parsed["train_samples"].files) >= 4  # enough shards for the workers
+    counter = count_training_ids(
+        parsed["train_samples"].iter_tables(),
+        parsed["train_commons"].iter_tables(),
+        SK,
+        CM,
+        valid_fraction=0.3,
+        seed=5,
+    )
+    names = [f"f0_{f}" for f in SK] + [f"f1_{f}" for f in CM]
+    vocab = Vocabulary(vocabulary_frame(counter, names, min_count=1, max_size={}, hash_buckets={}))
+    one, report_one = _encode(parsed, vocab, workers=1)
+    two, report_two = _encode(parsed, vocab, workers=2)
+    assert len(one) == len(two)
+    for a, b in zip(one, two, strict=True):
+        assert all(x.equals(y) for x, y in zip(a, b, strict=True))
+    assert report_one == report_two
+    assert report_two["files"]["train_file"]["missing_common_record"] == 1
