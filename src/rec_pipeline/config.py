@@ -11,9 +11,17 @@ docs/model.md describes what each model, loss and metric option means.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Ali-CCP's 23 fields, split by the file they live in (docs/model.md, Data).
 ALICCP_SKELETON_FIELDS = ["205", "206", "207", "216", "210", "508", "509", "702", "853", "301"]
@@ -39,6 +47,16 @@ ALICCP_COMMON_FIELDS = [
 # (rec_pipeline.train.schedules.resolve_step_fractions). Lets one configuration keep its
 # schedule's shape on data of any size.
 Steps = int | float
+
+
+def _count_or_auto(v: int | str) -> int | str:
+    if v != "auto" and v < 1:
+        raise ValueError("must be >= 1 or 'auto'")
+    return v
+
+
+# A number of processes or devices, or "auto" for all there are.
+CountOrAuto = Annotated[int | Literal["auto"], AfterValidator(_count_or_auto)]
 
 
 def _check_steps(value: float, key: str) -> None:
@@ -141,14 +159,7 @@ class DataConfig(_Model):
     chunk_mb: int = Field(16, gt=0)
     # Processes that parse the raw files' chunks, and then encode the parsed shards, at once: a
     # count, or auto for every core (fewer than four chunks are done in the calling process).
-    workers: int | Literal["auto"] = "auto"
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, v: int | str) -> int | str:
-        if v != "auto" and int(v) < 1:
-            raise ValueError("workers must be >= 1 or 'auto'")
-        return v
+    workers: CountOrAuto = "auto"
 
 
 class SamplingConfig(_Model):
@@ -569,7 +580,7 @@ class RuntimeConfig(_Model):
     device: Literal["cuda", "cpu", "auto"] = "cuda"
     # Local devices to train on, data-parallel (train/distributed.py): a count, or auto for
     # every local GPU. On device "cpu" a count > 1 runs that many CPU processes (gloo).
-    devices: int | Literal["auto"] = Field(1)
+    devices: CountOrAuto = 1
     epochs: int = Field(2, gt=0)
     log_every: int = Field(100, gt=0)
     # Validation interval in steps (or a fraction of the run); null uses log_every (the source
@@ -603,13 +614,6 @@ class RuntimeConfig(_Model):
     save_last: bool = True
     progress_bar: bool = True
     valid_batch_size: int | None = Field(None, gt=0)
-
-    @field_validator("devices")
-    @classmethod
-    def _devices(cls, v: int | str) -> int | str:
-        if v != "auto" and int(v) < 1:
-            raise ValueError("devices must be >= 1 or 'auto'")
-        return v
 
     @field_validator("valid_every")
     @classmethod

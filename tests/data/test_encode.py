@@ -65,6 +65,13 @@ def parsed_commons(rng: np.random.Generator, n_groups: int) -> pa.Table:
     )
 
 
+def _vocabulary(samples: pa.Table, commons: pa.Table) -> Vocabulary:
+    """Every training id of the four test fields (min count 1)."""
+    counter = count_training_ids([samples], [commons], SK, CM, valid_fraction=0.01, seed=1)
+    names = ["f0_205", "f0_210", "f1_101", "f1_109_14"]
+    return Vocabulary(vocabulary_frame(counter, names, min_count=1, max_size={}, hash_buckets={}))
+
+
 # ------------------------------------------------------------------------------ vocabulary
 def test_vocabulary_min_count_oov_and_order():
     c = IdCounter()
@@ -165,16 +172,7 @@ def test_encode_links_commons_and_counts_missing_records():
     rng = np.random.default_rng(3)
     commons = parsed_commons(rng, 50)
     samples = parsed_samples(rng, 400, 60)  # groups 50..59 have no common record
-    counter = count_training_ids([samples], [commons], SK, CM, valid_fraction=0.01, seed=1)
-    vocab = Vocabulary(
-        vocabulary_frame(
-            counter,
-            ["f0_205", "f0_210", "f1_101", "f1_109_14"],
-            min_count=1,
-            max_size={},
-            hash_buckets={},
-        )
-    )
+    vocab = _vocabulary(samples, commons)
     idx = CommonIndex()
     idx.extend(commons.column("common_feature_index"))
     enc_c = encode_commons(commons, CM, vocab, SplitStats())
@@ -210,15 +208,7 @@ def _encoded(tmp_path):
     rng = np.random.default_rng(4)
     commons = parsed_commons(rng, 40)
     samples = parsed_samples(rng, 300, 40)
-    vocab = Vocabulary(
-        vocabulary_frame(
-            count_training_ids([samples], [commons], SK, CM, valid_fraction=0.01, seed=1),
-            ["f0_205", "f0_210", "f1_101", "f1_109_14"],
-            min_count=1,
-            max_size={},
-            hash_buckets={},
-        )
-    )
+    vocab = _vocabulary(samples, commons)
     idx = CommonIndex()
     idx.extend(commons.column("common_feature_index"))
     ec = encode_commons(commons, CM, vocab, SplitStats())

@@ -14,11 +14,7 @@ Python loops run over fields and shards, never rows.
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +27,7 @@ from rec_pipeline.data.sampling import KEEP_DRAW, negative_draws, valid_group_ma
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.stats import FieldStats, SplitStats
 from rec_pipeline.data.vocab import IdCounter, Vocabulary
-from rec_pipeline.data.workers import worker_count
+from rec_pipeline.data.workers import ordered_map, worker_count
 
 SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
 CFI = "common_feature_index"
@@ -143,7 +139,8 @@ class CommonIndex:
     def __len__(self) -> int:
         return sum(len(c) for c in self._chunks)
 
-    def _build(self) -> pd.Index:
+    def build(self) -> pd.Index:
+        """The lookup index over every record read so far (made once, then reused)."""
         if self._index is None:
             allk = np.concatenate(self._chunks) if self._chunks else np.empty(0, dtype=object)
             first = ~pd.Index(allk).duplicated(keep="first")
@@ -153,7 +150,7 @@ class CommonIndex:
 
     def rows(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """int64 [N] rows, -1 where the record is missing (looked up once per distinct key)."""
-        index = self._build()
+        index = self.build()
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
         enc = pc.dictionary_encode(keys)
@@ -163,7 +160,7 @@ class CommonIndex:
 
     @property
     def duplicates(self) -> int:
-        return len(self) - len(self._build())
+        return len(self) - len(self.build())
 
 
 def encode_commons(
@@ -305,23 +302,13 @@ def _encoded_chunks(
     ctx: _SampleContext, shards: list, source: str, workers: int
 ) -> Iterator[_EncodedChunk]:
     """Every parsed shard of ``source``, encoded in shard order; with ``workers`` > 1 in that
-    many spawned processes (only shard paths travel to them; at most 2 x workers in flight)."""
+    many processes (only shard paths travel to them)."""
     if workers <= 1:
         for chunk, path in enumerate(shards):
             yield _encode_sample_chunk(ctx, pq.read_table(path), source, chunk)
         return
-    ctx_mp = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx_mp, initializer=_init_encoder, initargs=(ctx,)
-    ) as pool:
-        tasks = iter(enumerate(shards))
-        pending: deque = deque()
-        while True:
-            for chunk, path in itertools.islice(tasks, 2 * workers - len(pending)):
-                pending.append(pool.submit(_encode_shard_in_worker, str(path), source, chunk))
-            if not pending:
-                return
-            yield pending.popleft().result()
+    tasks = ((str(path), source, chunk) for chunk, path in enumerate(shards))
+    yield from ordered_map(_encode_shard_in_worker, tasks, workers, _init_encoder, (ctx,))
 
 
 class _EncodePass:
@@ -386,7 +373,7 @@ def encode_splits(
             out = encode_commons(table, common, vocab, run.stats[f"{split}_commons"])
             yield run.emit(**{f"{split}_commons": out})
     for index in run.indexes.values():
-        index.rows(pa.array([], pa.binary()))  # built once here, not in every worker
+        index.build()  # once here, not in every worker
     ctx = _SampleContext(list(skeleton), vocab, run.indexes, valid_fraction, seed)
     for source in ("train", "test"):
         shards = parsed[f"{source}_samples"].files

@@ -6,12 +6,8 @@ values), :mod:`.fields` (field slots); rejected lines get their reason from :mod
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +41,7 @@ from rec_pipeline.data.aliccp.schema import (
     check_kind,
     rows_schema,
 )
+from rec_pipeline.data.workers import ordered_map
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 QUARANTINE_LINE_CHARS = 2000
@@ -201,28 +198,19 @@ class FileParser:
         Only byte ranges travel to the workers (each reads its own range), so this process
         does no more than cut the file at line ends and renumber the quarantined lines: a
         worker numbers its lines from 1, and the count of its predecessors' lines is added
-        here. At most ``2 * workers`` chunks are in flight, so memory stays bounded. The
-        processes are spawned (not forked): the caller may hold threads.
+        here.
         """
-        ctx = multiprocessing.get_context("spawn")
         init = (self.path, self.kind, self.fields, self.chunk_bytes)
-        pending: deque = deque()
+        ranges = _line_ranges(self.path, self.chunk_bytes)
         lines_before = 0
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=init
-        ) as pool:
-            ranges = _line_ranges(self.path, self.chunk_bytes)
-            while True:
-                for start, end in itertools.islice(ranges, 2 * workers - len(pending)):
-                    pending.append(pool.submit(_parse_range_in_worker, start, end))
-                if not pending:
-                    return
-                rows, quarantine, report = pending.popleft().result()
-                i = QUARANTINE_SCHEMA.get_field_index("line_number")
-                numbers = pc.add(quarantine.column(i), lines_before)
-                quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
-                lines_before += report.lines
-                yield self._collect((rows, quarantine, report))
+        i = QUARANTINE_SCHEMA.get_field_index("line_number")
+        for rows, quarantine, report in ordered_map(
+            _parse_range_in_worker, ranges, workers, _init_worker, init
+        ):
+            numbers = pc.add(quarantine.column(i), lines_before)
+            quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
+            lines_before += report.lines
+            yield self._collect((rows, quarantine, report))
 
     def _parse_range(self, start: int, end: int) -> tuple[pa.Table, pa.Table, ParseReport]:
         """Parse the file's bytes [start, end) (whole lines), numbering its lines from 1."""
