@@ -607,6 +607,10 @@ class RuntimeConfig(_Model):
     checkpoint_every: Steps | None = None
     # A NaN/inf loss component, gradient or parameter: stop (raise) or skip_batch (no update).
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    # eager: one kernel launch per op. graph: the step with fixed shapes and no host read,
+    # captured once and replayed as a CUDA graph on a GPU (eagerly on the CPU); same maths
+    # (train/graph_step.py, docs/scaling.md).
+    step_mode: Literal["eager", "graph"] = "eager"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True
@@ -714,6 +718,8 @@ class Config(_Model):
                 )
         self._check_backbone_users()
         rt = self.runtime
+        if rt.step_mode == "graph":
+            self._check_static_step()
         if rt.auto_eval and rt.auto_eval_ckpt == "last" and not rt.save_last:
             # Caught here, not after a whole training run: the 'last' weights are only kept
             # with save_last.
@@ -721,6 +727,28 @@ class Config(_Model):
                 "runtime.auto_eval_ckpt", "'best' (or set runtime.save_last: true)", "last"
             )
         return self
+
+    def _check_static_step(self) -> None:
+        """What the captured step (runtime.step_mode: graph) cannot do, named by its key."""
+        rt = self.runtime
+        if rt.devices != 1:
+            raise _Inconsistent("runtime.devices", "1 with runtime.step_mode: graph", rt.devices)
+        if rt.amp and rt.amp_dtype == "fp16":
+            raise _Inconsistent(
+                "runtime.amp_dtype", "'bf16' or 'auto' with runtime.step_mode: graph", "fp16"
+            )
+        if self.loss.pos_weight_dynamic:
+            raise _Inconsistent(
+                "loss.pos_weight_dynamic",
+                "false with runtime.step_mode: graph (it reads label counts every step)",
+                True,
+            )
+        if self.embedding.l2_reg > 0 and not self.embedding.sparse_grad:
+            raise _Inconsistent(
+                "embedding.sparse_grad",
+                "true when embedding.l2_reg > 0 with runtime.step_mode: graph",
+                False,
+            )
 
     def _check_backbone_users(self) -> None:
         """The parts that read the backbone's wide term, FM output or logit parts need it."""
