@@ -609,8 +609,9 @@ class RuntimeConfig(_Model):
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
     # eager: one kernel launch per op. graph: the step with fixed shapes and no host read,
     # captured once and replayed as a CUDA graph on a GPU (eagerly on the CPU); same maths
-    # (train/graph_step.py, docs/scaling.md).
-    step_mode: Literal["eager", "graph"] = "eager"
+    # (train/graph_step.py, docs/scaling.md). auto: graph on one GPU when the settings allow
+    # it (Config.static_step_blockers), eager otherwise.
+    step_mode: Literal["auto", "eager", "graph"] = "auto"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True
@@ -730,25 +731,23 @@ class Config(_Model):
 
     def _check_static_step(self) -> None:
         """What the captured step (runtime.step_mode: graph) cannot do, named by its key."""
-        rt = self.runtime
+        for key, expected, got in self.static_step_blockers():
+            raise _Inconsistent(key, f"{expected} with runtime.step_mode: graph", got)
+
+    def static_step_blockers(self) -> list[tuple[str, str, Any]]:
+        """(key, what the static step needs, the value) for each setting it cannot run with."""
+        rt, out = self.runtime, []
         if rt.devices != 1:
-            raise _Inconsistent("runtime.devices", "1 with runtime.step_mode: graph", rt.devices)
+            out.append(("runtime.devices", "1", rt.devices))
         if rt.amp and rt.amp_dtype == "fp16":
-            raise _Inconsistent(
-                "runtime.amp_dtype", "'bf16' or 'auto' with runtime.step_mode: graph", "fp16"
-            )
+            out.append(("runtime.amp_dtype", "'bf16' or 'auto'", "fp16"))
         if self.loss.pos_weight_dynamic:
-            raise _Inconsistent(
-                "loss.pos_weight_dynamic",
-                "false with runtime.step_mode: graph (it reads label counts every step)",
-                True,
+            out.append(
+                ("loss.pos_weight_dynamic", "false (it reads label counts every step)", True)
             )
         if self.embedding.l2_reg > 0 and not self.embedding.sparse_grad:
-            raise _Inconsistent(
-                "embedding.sparse_grad",
-                "true when embedding.l2_reg > 0 with runtime.step_mode: graph",
-                False,
-            )
+            out.append(("embedding.sparse_grad", "true when embedding.l2_reg > 0", False))
+        return out
 
     def _check_backbone_users(self) -> None:
         """The parts that read the backbone's wide term, FM output or logit parts need it."""

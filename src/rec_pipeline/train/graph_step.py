@@ -204,8 +204,10 @@ class GraphStep:
             flags.append(torch.isfinite(norms))
             names += [f"parameter {t.param_names[id(p)]}" for p in t.clip_params]
         flag = torch.cat(flags)
-        fatal = torch.zeros_like(flag)
-        fatal[flag.shape[0] - len(t.clip_params) :] = True  # a parameter cannot be skipped
+        # The parameters' flags come last; a non-finite parameter cannot be skipped.
+        fatal = torch.arange(flag.shape[0], device=flag.device) >= flag.shape[0] - len(
+            t.clip_params
+        )
         return names, flag, fatal
 
     def _guard(self, loss_names: list[str], values: torch.Tensor) -> torch.Tensor:

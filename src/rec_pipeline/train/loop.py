@@ -263,7 +263,7 @@ class Trainer:
         self.meta = model_meta_from_metadata(metadata)
         torch.manual_seed(cfg.runtime.seed)
         self.model = build_model(cfg, self.meta).to(self.device)
-        static = cfg.runtime.step_mode == "graph"
+        static = self._static_step(cfg)
         if static:
             if self.amp_dtype == torch.float16:
                 raise ValueError(
@@ -307,15 +307,31 @@ class Trainer:
         self._graph_start = self.step  # the step count when the static step began
         self._log_plan()
 
+    def _static_step(self, cfg: Config) -> bool:
+        """Whether this run takes the static step (``runtime.step_mode``; ``auto``: on one GPU
+        when the settings allow it, in bf16 or fp32)."""
+        mode = cfg.runtime.step_mode
+        if mode != "auto":
+            return mode == "graph"
+        return (
+            self.device.type == "cuda"
+            and self.world == 1
+            and self.amp_dtype != torch.float16
+            and not cfg.static_step_blockers()
+        )
+
     def _log_plan(self) -> None:
         counts = self.param_counts
         log.info(
-            "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
-            "LR schedule over %d steps.",
+            "Model: %s parameters (%s dense). Device %s, AMP %s, %s step, %d steps/epoch, "
+            "stop at %d, LR schedule over %d steps.",
             f"{counts['total']:,}",
             f"{counts['dense_total']:,}",
             self.device,
             self.amp_dtype,
+            "static (CUDA graph)"
+            if self.graph is not None and self.graph.capture
+            else ("static" if self.graph is not None else "eager"),
             self.steps_per_epoch,
             self.stop_step,
             self.total_steps,

@@ -174,7 +174,7 @@ class RowAdam(Optimizer):
         touched = touched.unsqueeze(1)  # [rows, 1]
         apply = touched.to(grad_sum.dtype)
         # Masked by selection, not by a 0 factor: a skipped step's gradient may hold NaN.
-        g = torch.where(touched, grad_sum, torch.zeros((), dtype=grad_sum.dtype))
+        g = torch.where(touched, grad_sum, grad_sum.new_zeros(()))
         if self.l2 > 0:
             g = g + (2.0 * self.l2) * p.to(g.dtype) * apply
         m, v = state["exp_avg"], state["exp_avg_sq"]
