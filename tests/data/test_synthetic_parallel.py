@@ -69,15 +69,15 @@ def test_same_bytes_and_summary_whatever_the_worker_count(tmp_path, monkeypatch)
 
 
 def test_failed_parallel_run_leaves_nothing(tmp_path, monkeypatch):
-    original = syn_processes._append
+    original = syn_processes._copy_part
 
-    def fail_on_test(out, part):
-        if part.name.startswith("1-"):  # the test split's first chunk
-            raise KeyboardInterrupt
-        original(out, part)
+    def fail_on_test(part, *args):
+        if part.name.startswith("1-"):  # a part of the test split: the disk is full
+            raise OSError(28, "No space left on device")
+        original(part, *args)
 
-    monkeypatch.setattr(syn_processes, "_append", fail_on_test)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(syn_processes, "_copy_part", fail_on_test)
+    with pytest.raises(OSError, match="No space left"):
         syn.write_synthetic(tmp_path, syn.SyntheticConfig(**PARALLEL, workers=2))
     assert list(tmp_path.iterdir()) == []
 
