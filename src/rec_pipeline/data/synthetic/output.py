@@ -46,7 +46,8 @@ def write_synthetic(folder: Path, config: SyntheticConfig) -> SyntheticSummary:
     + 100k test rows (640 MB) in 4.0 s, 270k rows/s (~16M rows per minute), 455 MB peak RSS at
     ``chunk_rows=200_000``. Long behaviour lists cost in proportion to the text: world2 (900k
     rows, ~520 list ids per record, 1 GB) in 12 s, 3.6M rows of it (4.4 GB) in 69 s at
-    833 MB peak RSS (on a shared machine).
+    833 MB peak RSS (on a shared machine). Several processes: benchmarks/README.md,
+    "Generation" (``python -m benchmarks.bench_generate``).
     """
     start = time.perf_counter()
     folder = Path(folder)
