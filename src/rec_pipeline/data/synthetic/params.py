@@ -10,7 +10,8 @@ from typing import Any
 from rec_pipeline.config import SyntheticParams
 from rec_pipeline.data.aliccp.format import PROFILE_FIELDS
 
-# Part of the fingerprint: bump it whenever the bytes written for a given config change.
+# Part of the fingerprint: bump it whenever the data written for a given config change (the raw
+# files' bytes, the truth's values; not the truth's Parquet encoding).
 GENERATOR_VERSION = 2
 MARKER_NAME = "_synthetic.json"
 TRUTH_FILE_NAMES = ("truth_train.parquet", "truth_test.parquet")
