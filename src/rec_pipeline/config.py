@@ -215,6 +215,10 @@ class SyntheticParams(_Model):
     cvr_rate: float = Field(0.07, strict=True, gt=0.0, lt=1.0)
     seed: int = Field(20260127, strict=True)
     chunk_rows: int = Field(200_000, strict=True, gt=0)
+    # Processes that draw and write chunks of chunk_rows rows at once: a count, or auto for
+    # every core (fewer than four chunks in all are written by the calling process). The files
+    # are the same bytes whatever the count.
+    workers: CountOrAuto = "auto"
     # Share of test common records whose user never appears in train: a separate pool of
     # round(n_users * f / (1 - f)) users (own ids, profiles, latent vectors and topics, drawn
     # from the same distributions), so a new user owns about as many test records as an old one.
