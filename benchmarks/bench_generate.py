@@ -59,18 +59,27 @@ TABLE_HEADER = (
 
 
 def synthetic_params(env: str, overrides: str | None) -> dict[str, Any]:
-    """The ``synthetic`` section of ``env`` merged over conf/base, with dotted overrides."""
-    from kedro.config import OmegaConfigLoader
+    """The ``synthetic`` section of ``env`` merged over conf/base, with dotted overrides.
 
-    from rec_pipeline.settings import CONFIG_LOADER_ARGS
+    Without Kedro installed (a bare GPU image), the two files' sections are merged key by key,
+    which is what the soft merge does for this flat section."""
+    try:
+        from kedro.config import OmegaConfigLoader
+    except ImportError:
+        params = {}
+        for name in dict.fromkeys(["base", env]):
+            path = ROOT / "conf" / name / "parameters.yml"
+            params.update(yaml.safe_load(path.read_text()).get("synthetic") or {})
+    else:
+        from rec_pipeline.settings import CONFIG_LOADER_ARGS
 
-    loader = OmegaConfigLoader(
-        str(ROOT / "conf"),
-        base_env="base",
-        default_run_env=env,
-        merge_strategy=CONFIG_LOADER_ARGS["merge_strategy"],
-    )
-    params = dict(loader["parameters"]["synthetic"])
+        loader = OmegaConfigLoader(
+            str(ROOT / "conf"),
+            base_env="base",
+            default_run_env=env,
+            merge_strategy=CONFIG_LOADER_ARGS["merge_strategy"],
+        )
+        params = dict(loader["parameters"]["synthetic"])
     for item in filter(None, (overrides or "").split(",")):
         key, _, value = item.partition("=")
         section, _, name = key.strip().partition(".")
