@@ -1,19 +1,34 @@
-"""Parsing in several processes gives the tables and counts of one process, in file order."""
+"""Parsing in several processes gives the tables and counts of one process, in file order, and
+the chunks of the in-memory parser; the workers hand back part files, never rows."""
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from raw_files import SKELETON, feat, write_raw
 
 from rec_pipeline.data.aliccp import SKELETON_KIND, FileParser
+from rec_pipeline.data.shards import PartFile
 
 
 def _parse(path, workers: int, chunk_bytes: int = 1500):
+    staging = path.parent / f"staging-{workers}-{chunk_bytes}"
+    staging.mkdir()
     parser = FileParser(path, SKELETON_KIND, ["205", "301"], chunk_bytes=chunk_bytes)
-    chunks = list(parser.chunks(workers=workers))
-    rows = pa.concat_tables([r for r, _ in chunks])
+    chunks = list(parser.write_parts(staging, workers=workers))
+    assert all(isinstance(p, PartFile) for p, _ in chunks)
+    parts = [pq.read_table(p.path) for p, _ in chunks]
+    assert [t.num_rows for t in parts] == [p.rows for p, _ in chunks]
+    rows = pa.concat_tables(parts)
     quarantine = pa.concat_tables([q for _, q in chunks])
-    return [r.num_rows for r, _ in chunks], rows, quarantine, parser.report.to_dict()
+    return [t.num_rows for t in parts], rows, quarantine, parser.report.to_dict()
+
+
+def _in_memory(path, chunk_bytes: int = 1500):
+    parser = FileParser(path, SKELETON_KIND, ["205", "301"], chunk_bytes=chunk_bytes)
+    chunks = list(parser.chunks())
+    rows = pa.concat_tables([r.combine_chunks() for r, _ in chunks])
+    return [r.num_rows for r, _ in chunks], rows, parser.report.to_dict()
 
 
 def test_two_workers_match_one(tmp_path):
@@ -28,6 +43,8 @@ def test_two_workers_match_one(tmp_path):
     assert rows1.equals(rows2) and q1.equals(q2)
     assert report1 == report2
     assert q2.column("line_number").to_pylist() == list(range(201, 208))  # file line numbers
+    n0, rows0, report0 = _in_memory(path)  # the in-memory parser cuts the same chunks
+    assert n0 == n1 and rows0.equals(rows1) and report0 == report1
 
 
 def test_crlf_lines_and_no_trailing_newline_match_too(tmp_path):

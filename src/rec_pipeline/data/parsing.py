@@ -1,9 +1,16 @@
-"""Parsing of a raw folder's four files, chunk by chunk, with the running data-quality counts."""
+"""Parsing of a raw folder's four files, chunk by chunk, with the running data-quality counts.
+
+The rows of each chunk are written to a Parquet part file by the process that parsed them (in a
+staging folder); what is yielded is that :class:`~rec_pipeline.data.shards.PartFile`, which the
+shard writer (or the catalog's shard dataset) renames into its folder.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from rec_pipeline.data.aliccp import (
     COMMON_KIND,
@@ -13,6 +20,7 @@ from rec_pipeline.data.aliccp import (
     rows_schema,
 )
 from rec_pipeline.data.raw import RawFiles
+from rec_pipeline.data.shards import staging_folder
 from rec_pipeline.data.workers import worker_count
 
 log = logging.getLogger(__name__)
@@ -26,15 +34,27 @@ def parse_raw_files(
     skeleton: Sequence[str],
     common: Sequence[str],
     chunk_bytes: int,
+    staging: Path,
     workers: int | str = 1,
 ) -> Iterator[tuple]:
     """Parse the four raw files chunk by chunk.
 
-    Yields (train_samples, train_commons, test_samples, test_commons, quarantine, report) with
-    an empty table for the outputs a chunk does not feed; the report is the running data-quality
-    count, overwritten at each chunk so that a crash still leaves the counts so far. ``workers``
-    (a count or ``auto``) parses each large file's chunks in that many processes.
+    Yields (train_samples, train_commons, test_samples, test_commons, quarantine, report): the
+    chunk's rows as a part file for the output it feeds, an empty table for the others; the
+    report is the running data-quality count, overwritten at each chunk so that a crash still
+    leaves the counts so far. ``workers`` (a count or ``auto``) parses each large file's chunks
+    in that many processes. The part files are written in a fresh folder under ``staging``
+    (which must be on the shard folders' filesystem), removed when the generator ends: each
+    yielded part must be moved away before the next item is asked for.
     """
+    folder = staging_folder(staging, "parse-")
+    try:
+        yield from _parse(raw, skeleton, common, chunk_bytes, folder, workers)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _parse(raw, skeleton, common, chunk_bytes, staging, workers) -> Iterator[tuple]:
     reports: dict[str, dict] = {}
     jobs = [
         ("train_commons", raw.common("train"), COMMON_KIND, common),
@@ -46,7 +66,7 @@ def parse_raw_files(
     for name, path, kind, flds in jobs:
         parser = FileParser(path, kind, flds, chunk_bytes=chunk_bytes)
         n_workers = worker_count(workers, path.stat().st_size // chunk_bytes)
-        for rows, quarantine in parser.chunks(workers=n_workers):
+        for rows, quarantine in parser.write_parts(staging, n_workers):
             reports[name] = parser.report.to_dict()
             outs = [rows if o == name else empties[o] for o in PARSE_OUTPUTS]
             yield (*outs, quarantine, {"files": dict(reports)})

@@ -41,6 +41,7 @@ from rec_pipeline.data.aliccp.schema import (
     check_kind,
     rows_schema,
 )
+from rec_pipeline.data.shards import COMPRESSION, PartFile, write_part
 from rec_pipeline.data.workers import ordered_map
 
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -93,7 +94,9 @@ class FileParser:
     ``chunks()`` yields ``(rows, quarantine)`` per chunk (a chunk is about ``chunk_bytes`` of
     text, cut at a line end; its tables have one record batch per ~1 MB slice, so call
     ``combine_chunks()`` if contiguous arrays are needed) and adds each chunk's counts to
-    ``report`` (``last_chunk_report`` holds the latest chunk's alone). Iterate it once.
+    ``report`` (``last_chunk_report`` holds the latest chunk's alone); ``write_parts()`` does the
+    same with each chunk's rows written to a Parquet file, in worker processes if asked. Iterate
+    one of them, once.
     """
 
     def __init__(
@@ -160,17 +163,47 @@ class FileParser:
                 carry = n - cut
                 buf[_PAD : _PAD + carry] = buf[_PAD + cut : _PAD + n].copy()
 
-    def chunks(self, workers: int = 1) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """``(rows, quarantine)`` per chunk, in file order. With ``workers`` > 1 the chunks are
-        parsed in that many processes (the tables and counts are the same as with one)."""
-        if self._started:
-            raise RuntimeError("FileParser.chunks() can be iterated only once")
-        self._started = True
-        if workers > 1:
-            yield from self._parallel_chunks(workers)
-            return
+    def chunks(self) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """``(rows, quarantine)`` per chunk, in file order, parsed in this process."""
+        self._start()
         for buf, n, n_file in self._regions():
             yield self._collect(self._parse_region(buf, n, n_file, self._next_line))
+
+    def write_parts(
+        self, staging: Path, workers: int = 1, compression: str = COMPRESSION
+    ) -> Iterator[tuple[PartFile, pa.Table]]:
+        """``(rows part file, quarantine)`` per chunk, in file order: each chunk's rows are
+        written to a Parquet file in ``staging`` by the process that parsed them.
+
+        With ``workers`` > 1 the chunks are parsed in that many processes. Only byte ranges go
+        to the workers (each reads its own) and only the part file's name and row count, the
+        chunk's counts and its quarantined lines come back, so this process never holds a
+        chunk's rows. A worker numbers its lines from 1; the quarantined lines are renumbered
+        here with the lines of the chunks before them. The chunks are those of :meth:`chunks`
+        whatever the number of workers, so the files hold the same rows in the same shards.
+        """
+        self._start()
+        ranges = _line_ranges(self.path, self.chunk_bytes)
+        tasks = ((start, end, i) for i, (start, end) in enumerate(ranges))
+        if workers > 1:
+            init = (self.path, self.kind, self.fields, self.chunk_bytes, staging, compression)
+            done = ordered_map(_write_range_in_worker, tasks, workers, _init_worker, init)
+        else:
+            done = (_write_range(self, staging, compression, *t) for t in tasks)
+        lines_before = 0
+        i = QUARANTINE_SCHEMA.get_field_index("line_number")
+        for part, quarantine, report in done:
+            numbers = pc.add(quarantine.column(i), lines_before)
+            quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
+            lines_before += report.lines
+            self.report.add(report)
+            self.last_chunk_report = report
+            yield part, quarantine
+
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError("a FileParser can be iterated only once")
+        self._started = True
 
     def _parse_region(
         self, buf: np.ndarray, n: int, n_file: int, first_line: int
@@ -191,26 +224,6 @@ class FileParser:
         self.report.add(report)
         self.last_chunk_report = report
         return rows, quarantine
-
-    def _parallel_chunks(self, workers: int) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """Chunks parsed in ``workers`` processes, yielded in file order.
-
-        Only byte ranges travel to the workers (each reads its own range), so this process
-        does no more than cut the file at line ends and renumber the quarantined lines: a
-        worker numbers its lines from 1, and the count of its predecessors' lines is added
-        here.
-        """
-        init = (self.path, self.kind, self.fields, self.chunk_bytes)
-        ranges = _line_ranges(self.path, self.chunk_bytes)
-        lines_before = 0
-        i = QUARANTINE_SCHEMA.get_field_index("line_number")
-        for rows, quarantine, report in ordered_map(
-            _parse_range_in_worker, ranges, workers, _init_worker, init
-        ):
-            numbers = pc.add(quarantine.column(i), lines_before)
-            quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
-            lines_before += report.lines
-            yield self._collect((rows, quarantine, report))
 
     def _parse_range(self, start: int, end: int) -> tuple[pa.Table, pa.Table, ParseReport]:
         """Parse the file's bytes [start, end) (whole lines), numbering its lines from 1."""
@@ -443,16 +456,27 @@ def _parse_features(b, u64, off, tok: _Tokens, py_int: PythonTokens):
     return ids, values, bad_line
 
 
-_WORKER: FileParser | None = None  # the parser of a worker process (_parallel_chunks)
+def _write_range(
+    parser: FileParser, staging: Path, compression: str, start: int, end: int, index: int
+) -> tuple[PartFile, pa.Table, ParseReport]:
+    """Parse the file's bytes [start, end) and write the rows as chunk ``index``'s part file."""
+    rows, quarantine, report = parser._parse_range(start, end)
+    part = write_part(rows, Path(staging) / f"{parser.path.stem}-{index:06d}.parquet", compression)
+    return part, quarantine, report
 
 
-def _init_worker(path, kind, fields, chunk_bytes) -> None:
+# The parser, staging folder and codec of a worker process (FileParser.write_parts).
+_WORKER: tuple[FileParser, Path, str] | None = None
+
+
+def _init_worker(path, kind, fields, chunk_bytes, staging, compression) -> None:
     global _WORKER
-    _WORKER = FileParser(path, kind, fields, chunk_bytes)
+    _WORKER = (FileParser(path, kind, fields, chunk_bytes), staging, compression)
 
 
-def _parse_range_in_worker(start: int, end: int):
-    return _WORKER._parse_range(start, end)
+def _write_range_in_worker(start: int, end: int, index: int):
+    parser, staging, compression = _WORKER
+    return _write_range(parser, staging, compression, start, end, index)
 
 
 def _line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
