@@ -12,8 +12,9 @@ Examples::
 With ``--raw FOLDER`` (the scaling curve, :mod:`benchmarks.preprocess_folder`): for each worker
 count, a fresh subprocess parses the folder's four files, counts the vocabularies and encodes
 (``rec_pipeline.data.processing.encode_folder``, as the Kedro nodes do); the table gives seconds
-and raw-text MB/s per stage, peak RSS of that process and of its largest worker, the bytes each
-stage wrote, and a hash of the encoded rows, which must be the same at every count.
+and raw-text MB/s per stage, peak RSS and CPU seconds of that process and of its workers (peak:
+the largest one; CPU: all together), the bytes each stage wrote, and a hash of the encoded rows,
+which must be the same at every count.
 
 Without ``--raw``:
 Writes synthetic files in the exact raw format (``sample_skeleton``: ~13 features a line, two

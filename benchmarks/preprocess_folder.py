@@ -35,8 +35,8 @@ STAGE_OUTPUTS = {
 HEADER = (
     "| workers | raw MB | parse s | vocab s | encode s | parse MB/s | encode MB/s "
     "| parse+encode MB/s | per worker MB/s | parent peak RSS MB | worker peak RSS MB "
-    "| parsed MB | vocab MB | encoded MB | encoded rows hash |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| parent CPU s | workers CPU s | parsed MB | vocab MB | encoded MB | encoded rows hash |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -49,10 +49,13 @@ def run_one(raw: str, out: str, workers: int, chunk_mb: float) -> dict:
     cfg = load_config(yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text()))
     data = cfg.data.model_copy(update={"workers": workers, "chunk_mb": int(chunk_mb)})
     seconds = encode_folder(RawFiles(Path(raw)).check(), data, cfg.vocab, Path(out))
+    me, children = (resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return {
         "seconds": seconds,
-        "parent_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "worker_peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        "parent_peak_kb": me.ru_maxrss,
+        "worker_peak_kb": children.ru_maxrss,
+        "parent_cpu_s": me.ru_utime + me.ru_stime,
+        "worker_cpu_s": children.ru_utime + children.ru_stime,
     }
 
 
@@ -114,6 +117,7 @@ def scaling(raw: Path, workers: list[int], chunk_mb: float, workdir: str | None)
             f"{s['encode']:.2f} | {raw_mb / s['parse']:,.0f} | {raw_mb / s['encode']:,.0f} | "
             f"{raw_mb / both:,.0f} | {raw_mb / both / w:,.0f} | "
             f"{res['parent_peak_kb'] / 1024:,.0f} | {res['worker_peak_kb'] / 1024:,.0f} | "
+            f"{res['parent_cpu_s']:.1f} | {res['worker_cpu_s']:.1f} | "
             f"{mb['parse']:,.0f} | {mb['vocabularies']:,.1f} | {mb['encode']:,.0f} | {digest} |",
             flush=True,
         )

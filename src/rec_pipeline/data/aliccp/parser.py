@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rec_pipeline.data.aliccp.fields import FieldTable
 from rec_pipeline.data.aliccp.format import HEADER_COMMAS, SKELETON_KIND
@@ -41,8 +40,6 @@ from rec_pipeline.data.aliccp.schema import (
     check_kind,
     rows_schema,
 )
-from rec_pipeline.data.shards import COMPRESSION, PartFile, write_part
-from rec_pipeline.data.workers import ordered_map
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 QUARANTINE_LINE_CHARS = 2000
@@ -94,9 +91,9 @@ class FileParser:
     ``chunks()`` yields ``(rows, quarantine)`` per chunk (a chunk is about ``chunk_bytes`` of
     text, cut at a line end; its tables have one record batch per ~1 MB slice, so call
     ``combine_chunks()`` if contiguous arrays are needed) and adds each chunk's counts to
-    ``report`` (``last_chunk_report`` holds the latest chunk's alone); ``write_parts()`` does the
-    same with each chunk's rows written to a Parquet file, in worker processes if asked. Iterate
-    one of them, once.
+    ``report`` (``last_chunk_report`` holds the latest chunk's alone); :func:`.parts.write_parts`
+    does the same with each chunk's rows written to a Parquet file, in worker processes if
+    asked. Iterate it once.
     """
 
     def __init__(
@@ -168,37 +165,6 @@ class FileParser:
         self._start()
         for buf, n, n_file in self._regions():
             yield self._collect(self._parse_region(buf, n, n_file, self._next_line))
-
-    def write_parts(
-        self, staging: Path, workers: int = 1, compression: str = COMPRESSION
-    ) -> Iterator[tuple[PartFile, pa.Table]]:
-        """``(rows part file, quarantine)`` per chunk, in file order: each chunk's rows are
-        written to a Parquet file in ``staging`` by the process that parsed them.
-
-        With ``workers`` > 1 the chunks are parsed in that many processes. Only byte ranges go
-        to the workers (each reads its own) and only the part file's name and row count, the
-        chunk's counts and its quarantined lines come back, so this process never holds a
-        chunk's rows. A worker numbers its lines from 1; the quarantined lines are renumbered
-        here with the lines of the chunks before them. The chunks are those of :meth:`chunks`
-        whatever the number of workers, so the files hold the same rows in the same shards.
-        """
-        self._start()
-        ranges = _line_ranges(self.path, self.chunk_bytes)
-        tasks = ((start, end, i) for i, (start, end) in enumerate(ranges))
-        if workers > 1:
-            init = (self.path, self.kind, self.fields, self.chunk_bytes, staging, compression)
-            done = ordered_map(_write_range_in_worker, tasks, workers, _init_worker, init)
-        else:
-            done = (_write_range(self, staging, compression, *t) for t in tasks)
-        lines_before = 0
-        i = QUARANTINE_SCHEMA.get_field_index("line_number")
-        for part, quarantine, report in done:
-            numbers = pc.add(quarantine.column(i), lines_before)
-            quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
-            lines_before += report.lines
-            self.report.add(report)
-            self.last_chunk_report = report
-            yield part, quarantine
 
     def _start(self) -> None:
         if self._started:
@@ -454,64 +420,6 @@ def _parse_features(b, u64, off, tok: _Tokens, py_int: PythonTokens):
     if bad_feat.any():
         bad_line[np.searchsorted(tok.feat_off, np.flatnonzero(bad_feat), side="right") - 1] = True
     return ids, values, bad_line
-
-
-def _write_range(
-    parser: FileParser, staging: Path, compression: str, start: int, end: int, index: int
-) -> tuple[PartFile, pa.Table, ParseReport]:
-    """Parse the file's bytes [start, end) and write the rows as chunk ``index``'s part file."""
-    rows, quarantine, report = parser._parse_range(start, end)
-    part = write_part(rows, Path(staging) / f"{parser.path.stem}-{index:06d}.parquet", compression)
-    return part, quarantine, report
-
-
-# The parser, staging folder and codec of a worker process (FileParser.write_parts).
-_WORKER: tuple[FileParser, Path, str] | None = None
-
-
-def _init_worker(path, kind, fields, chunk_bytes, staging, compression) -> None:
-    global _WORKER
-    _WORKER = (FileParser(path, kind, fields, chunk_bytes), staging, compression)
-
-
-def _write_range_in_worker(start: int, end: int, index: int):
-    parser, staging, compression = _WORKER
-    return _write_range(parser, staging, compression, start, end, index)
-
-
-def _line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """The ``[start, end)`` byte ranges that :meth:`FileParser._regions` reads as regions.
-
-    The reader fills its buffer up to the next multiple of ``chunk_bytes`` of the file and cuts
-    just after the buffer's last '\\n' (reading on when there is none); the read that meets the
-    end of the file takes the rest. The same cuts make the same chunks, and so the same shards
-    and per-chunk sampling draws, whatever the number of workers.
-    """
-    size = path.stat().st_size
-    start, end = 0, chunk_bytes
-    with open(path, "rb") as fh:
-        while start < size:
-            if end > size:
-                yield start, size
-                return
-            last = _last_newline(fh, start, end)
-            if last >= 0:
-                yield start, last + 1
-                start = last + 1
-            end += chunk_bytes
-
-
-def _last_newline(fh, start: int, end: int, block: int = 1 << 16) -> int:
-    """File offset of the last '\\n' in [start, end), -1 when there is none."""
-    hi = end
-    while hi > start:
-        lo = max(start, hi - block)
-        fh.seek(lo)
-        hit = fh.read(hi - lo).rfind(b"\n")
-        if hit >= 0:
-            return lo + hit
-        hi = lo
-    return -1
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
