@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rec_pipeline.data.batches import Jagged, SplitData
+from rec_pipeline.data.counting import count_training_ids
 from rec_pipeline.data.encode import (
     CommonIndex,
     SampleEncoding,
-    count_training_ids,
     encode_commons,
     encode_samples,
     split_train_rows,

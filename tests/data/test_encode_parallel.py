@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from raw_files import feat, write_raw
 
-from rec_pipeline.data.encode import ENCODE_OUTPUTS, count_training_ids, encode_splits
+from rec_pipeline.data.counting import count_training_ids
+from rec_pipeline.data.encode import ENCODE_OUTPUTS, encode_splits
 from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
 from rec_pipeline.data.processing import write_shards
 from rec_pipeline.data.raw import RawFiles

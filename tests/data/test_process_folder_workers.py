@@ -11,7 +11,7 @@ import pytest
 from raw_files import write_many_raw
 
 from rec_pipeline.config import DataConfig, VocabConfig
-from rec_pipeline.data import encode
+from rec_pipeline.data import counting, encode
 from rec_pipeline.data.aliccp import parts
 from rec_pipeline.data.encode import ENCODE_OUTPUTS
 from rec_pipeline.data.parsing import PARSE_OUTPUTS
@@ -70,13 +70,12 @@ def _recording(real, results):
 
 
 def test_workers_send_back_part_files_and_counts_only(tmp_path, raw, monkeypatch):
-    parsed, encoded = [], []
+    parsed, counts, encoded = [], [], []
     monkeypatch.setattr(parts, "ordered_map", _recording(parts.ordered_map, parsed))
+    monkeypatch.setattr(counting, "ordered_map", _recording(counting.ordered_map, counts))
     monkeypatch.setattr(encode, "ordered_map", _recording(encode.ordered_map, encoded))
     data = DataConfig(source="files", workers=2, chunk_mb=1)
     process_folder(raw, data, VocabConfig(min_count=1), tmp_path)
-    counts = [(r, size) for r, size in encoded if isinstance(r, IdCounter)]
-    encoded = [(r, size) for r, size in encoded if not isinstance(r, IdCounter)]
     assert len(parsed) >= 4 and len(encoded) >= 4 and len(counts) >= 4
     for (part, quarantine, report), size in parsed:
         # The rows stay in the worker's part file; only the rejected lines come back (text,
@@ -87,5 +86,5 @@ def test_workers_send_back_part_files_and_counts_only(tmp_path, raw, monkeypatch
     for done, size in encoded:
         assert all(isinstance(p, PartFile) for p in done.parts.values())
         assert size < 8_000
-    for _, size in counts:  # distinct ids and their counts, ~1,400 at most here
-        assert size < 12 * 1_500 + 4_000
+    for partial, size in counts:  # distinct ids and their counts, ~1,400 at most here
+        assert isinstance(partial, IdCounter) and size < 12 * 1_500 + 4_000

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from rec_pipeline.config import DataConfig, VocabConfig
-from rec_pipeline.data.encode import ENCODE_OUTPUTS, count_training_shards, encode_splits
+from rec_pipeline.data.counting import count_training_shards
+from rec_pipeline.data.encode import ENCODE_OUTPUTS, encode_splits
 from rec_pipeline.data.metadata import DatasetMetadata, describe
 from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
 from rec_pipeline.data.raw import RawFiles

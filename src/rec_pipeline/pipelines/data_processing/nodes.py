@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from rec_pipeline.config import load_section
-from rec_pipeline.data.encode import count_training_shards, encode_splits
+from rec_pipeline.data.counting import count_training_shards
+from rec_pipeline.data.encode import encode_splits
 from rec_pipeline.data.metadata import describe
 from rec_pipeline.data.parsing import parse_raw_files
 from rec_pipeline.data.quality import data_quality_report
