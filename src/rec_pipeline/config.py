@@ -215,6 +215,10 @@ class SyntheticParams(_Model):
     cvr_rate: float = Field(0.07, strict=True, gt=0.0, lt=1.0)
     seed: int = Field(20260127, strict=True)
     chunk_rows: int = Field(200_000, strict=True, gt=0)
+    # Processes that draw and write chunks of chunk_rows rows at once: a count, or auto for
+    # every core (fewer than four chunks in all are written by the calling process). The files
+    # are the same bytes whatever the count.
+    workers: CountOrAuto = "auto"
     # Share of test common records whose user never appears in train: a separate pool of
     # round(n_users * f / (1 - f)) users (own ids, profiles, latent vectors and topics, drawn
     # from the same distributions), so a new user owns about as many test records as an old one.
@@ -607,6 +611,11 @@ class RuntimeConfig(_Model):
     checkpoint_every: Steps | None = None
     # A NaN/inf loss component, gradient or parameter: stop (raise) or skip_batch (no update).
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    # eager: one kernel launch per op. graph: the step with fixed shapes and no host read,
+    # captured once and replayed as a CUDA graph on a GPU (eagerly on the CPU); same maths
+    # (train/graph_step.py, docs/scaling.md). auto: graph on one GPU when the settings allow
+    # it (Config.static_step_blockers), eager otherwise.
+    step_mode: Literal["auto", "eager", "graph"] = "auto"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True
@@ -714,6 +723,8 @@ class Config(_Model):
                 )
         self._check_backbone_users()
         rt = self.runtime
+        if rt.step_mode == "graph":
+            self._check_static_step()
         if rt.auto_eval and rt.auto_eval_ckpt == "last" and not rt.save_last:
             # Caught here, not after a whole training run: the 'last' weights are only kept
             # with save_last.
@@ -721,6 +732,26 @@ class Config(_Model):
                 "runtime.auto_eval_ckpt", "'best' (or set runtime.save_last: true)", "last"
             )
         return self
+
+    def _check_static_step(self) -> None:
+        """What the captured step (runtime.step_mode: graph) cannot do, named by its key."""
+        for key, expected, got in self.static_step_blockers():
+            raise _Inconsistent(key, f"{expected} with runtime.step_mode: graph", got)
+
+    def static_step_blockers(self) -> list[tuple[str, str, Any]]:
+        """(key, what the static step needs, the value) for each setting it cannot run with."""
+        rt, out = self.runtime, []
+        if rt.devices != 1:
+            out.append(("runtime.devices", "1", rt.devices))
+        if rt.amp and rt.amp_dtype == "fp16":
+            out.append(("runtime.amp_dtype", "'bf16' or 'auto'", "fp16"))
+        if self.loss.pos_weight_dynamic:
+            out.append(
+                ("loss.pos_weight_dynamic", "false (it reads label counts every step)", True)
+            )
+        if self.embedding.l2_reg > 0 and not self.embedding.sparse_grad:
+            out.append(("embedding.sparse_grad", "true when embedding.l2_reg > 0", False))
+        return out
 
     def _check_backbone_users(self) -> None:
         """The parts that read the backbone's wide term, FM output or logit parts need it."""

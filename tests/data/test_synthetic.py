@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
 from rec_pipeline.data import synthetic as syn
-from rec_pipeline.data.synthetic import output as syn_output
+from rec_pipeline.data.synthetic import processes as syn_processes
 from rec_pipeline.data.synthetic.world import build_world
 
 SMALL = dict(
@@ -365,14 +365,14 @@ def test_fingerprint_and_config_checks():
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    original = syn_output._write_split
+    original = syn_processes.write_chunk
 
-    def fail_on_test(config, world, calib, key, *args):
-        if key == 1:
+    def fail_on_test(config, world, calib, task, *args):
+        if task.split_key == 1:
             raise KeyboardInterrupt
-        return original(config, world, calib, key, *args)
+        return original(config, world, calib, task, *args)
 
-    monkeypatch.setattr(syn_output, "_write_split", fail_on_test)
+    monkeypatch.setattr(syn_processes, "write_chunk", fail_on_test)
     with pytest.raises(KeyboardInterrupt):
         syn.write_synthetic(tmp_path, syn.SyntheticConfig(**TINY))
     assert list(tmp_path.iterdir()) == []

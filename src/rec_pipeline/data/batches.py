@@ -283,6 +283,24 @@ class SplitData:
         ``(rank, world)``: this rank's rows ``order[rank::world]``, cut to ``n // world`` so
         that every rank takes the same number of steps (data-parallel training).
         """
+        plan = self.epoch_plan(
+            batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, shard=shard
+        )
+        if plan is None:
+            return
+        for i in range(start, len(plan)):
+            yield self.planned_batch(plan, i)
+
+    def epoch_plan(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: np.random.Generator | None = None,
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> BatchPlan | None:
+        """The plan of one pass as :meth:`iter_batches` takes it (None: no rows)."""
         rank, world = shard
         n = len(self)
         order = generator.permutation(n) if shuffle else np.arange(n)
@@ -292,10 +310,8 @@ class SplitData:
         if drop_last:
             order = order[: n - n % batch_size]
         if len(order) == 0:
-            return
-        plan = self.plan(order, batch_size)
-        for i in range(start, len(plan)):
-            yield self.planned_batch(plan, i)
+            return None
+        return self.plan(order, batch_size)
 
 
 def load_commons(shards: ShardSet, common_fields: Sequence[str], device="cpu") -> Jagged:

@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Most padding values pooled into one (discarded) bag: see ``FusedFieldEmbedding._pool``.
+PAD_BAG = 32
+
 
 class BatchLike(Protocol):
     """The tensors of one batch the model reads (the data loader's ``Batch`` has these).
@@ -279,10 +282,17 @@ class FusedFieldEmbedding(nn.Module):
 
         Columns: ``0..D-1`` the vector, ``D..D+L-1`` the first-order weights, and with
         ``weight_channel="dense"`` a last column holding the bag's mean weight.
+
+        Values whose row is ``n_rows`` (a static batch's padding, always after the real values)
+        pool into extra bags of at most :data:`PAD_BAG` values each, dropped here: one bag per
+        thread block in ``embedding_bag``, so a single bag of every padding value would make a
+        straggler block that serialises the whole padding.
         """
         n_fields = row_offset.shape[0]
-        n_bags = n_rows * n_fields
-        bag = rows * n_fields + fields
+        n_real = n_rows * n_fields
+        n_bags = n_real + -(-ids.shape[0] // PAD_BAG)
+        position = torch.arange(ids.shape[0], device=ids.device)
+        bag = torch.where(rows < n_rows, rows * n_fields + fields, n_real + position // PAD_BAG)
         counts = torch.zeros(n_bags + 1, dtype=torch.long, device=ids.device)
         counts.index_add_(0, bag + 1, torch.ones_like(bag))
         offsets = counts.cumsum(0)  # [n_bags + 1]; include_last_offset=True
@@ -308,7 +318,7 @@ class FusedFieldEmbedding(nn.Module):
         if self.weight_channel == "dense":
             mean_w = wsum / n_ids.clamp_min(1.0)  # [n_bags]; 0 for an empty bag
             pooled = torch.cat([pooled, mean_w.unsqueeze(1)], dim=1)
-        return pooled.view(n_rows, n_fields, -1)
+        return pooled[:n_real].view(n_rows, n_fields, -1)
 
     def forward(self, batch: BatchLike) -> EmbeddingOutput:
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
@@ -361,6 +371,19 @@ class FusedFieldEmbedding(nn.Module):
             values=values,
             touched_l2=l2,
         )
+
+    def lookups(self, batch: BatchLike) -> list[tuple[Tensor, Tensor]]:
+        """Per table (skeleton, then common): the rows the batch looks up ``[N]`` and a mask
+        ``[N]`` float, 1 for a real value and 0 for a static batch's padding (row ``B``)."""
+        n_rows = batch.cm_inverse.shape[0]  # B
+        out = []
+        for table, row_offset, ids, fields, rows in (
+            (self.skeleton_table, self.sk_row_offset, batch.sk_ids, batch.sk_fields, batch.sk_rows),
+            (self.common_table, self.cm_row_offset, batch.cm_ids, batch.cm_fields, batch.cm_rows),
+        ):
+            if table is not None:
+                out.append((ids + row_offset[fields], (rows < n_rows).float()))
+        return out
 
     def _touched_l2(self, batch: BatchLike) -> Tensor:
         """Sum of squares of the distinct rows the batch reads, over both tables.

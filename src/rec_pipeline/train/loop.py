@@ -52,6 +52,7 @@ from rec_pipeline.train.evaluation import (
     predict,
     summarise,
 )
+from rec_pipeline.train.graph_step import GraphStep
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.optim import build_optimizers
 from rec_pipeline.train.schedules import (
@@ -94,11 +95,12 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on CUDA when AMP is on; a no-op context otherwise."""
+def autocast(device: torch.device, dtype: torch.dtype | None, *, cache: bool = True):
+    """bf16/fp16 autocast on CUDA when AMP is on; a no-op context otherwise. ``cache=False``
+    for a step captured in a CUDA graph (cast weights must not outlive the capture)."""
     if dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=cache)
 
 
 def resolve_amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -261,7 +263,16 @@ class Trainer:
         self.meta = model_meta_from_metadata(metadata)
         torch.manual_seed(cfg.runtime.seed)
         self.model = build_model(cfg, self.meta).to(self.device)
-        self.opt = build_optimizers(self.model, cfg)
+        static = self._static_step(cfg)
+        if static:
+            if self.amp_dtype == torch.float16:
+                raise ValueError(
+                    "runtime.step_mode 'graph' runs in fp32 or bf16: set runtime.amp_dtype to "
+                    "bf16 (or runtime.amp: false) on a GPU without fp16-free AMP"
+                )
+            # RowAdam adds the embedding L2 gradient: the forward needs no unique().
+            self.model.embedding.touched_l2 = False
+        self.opt = build_optimizers(self.model, cfg, static=static)
         self._set_guarded_parameters()
         self.exchange = self._join_ranks(cfg.runtime.seed)
         bs, n = cfg.data.batch_size, len(train) // self.world
@@ -292,17 +303,35 @@ class Trainer:
         elif self.state_store is not None:
             self.state_store.clear()  # states of an earlier run must not be resumed into this one
         self.param_counts = parameter_counts(self.model)
+        self.graph = GraphStep(self) if static else None
+        self._graph_start = self.step  # the step count when the static step began
         self._log_plan()
+
+    def _static_step(self, cfg: Config) -> bool:
+        """Whether this run takes the static step (``runtime.step_mode``; ``auto``: on one GPU
+        when the settings allow it, in bf16 or fp32)."""
+        mode = cfg.runtime.step_mode
+        if mode != "auto":
+            return mode == "graph"
+        return (
+            self.device.type == "cuda"
+            and self.world == 1
+            and self.amp_dtype != torch.float16
+            and not cfg.static_step_blockers()
+        )
 
     def _log_plan(self) -> None:
         counts = self.param_counts
         log.info(
-            "Model: %s parameters (%s dense). Device %s, AMP %s, %d steps/epoch, stop at %d, "
-            "LR schedule over %d steps.",
+            "Model: %s parameters (%s dense). Device %s, AMP %s, %s step, %d steps/epoch, "
+            "stop at %d, LR schedule over %d steps.",
             f"{counts['total']:,}",
             f"{counts['dense_total']:,}",
             self.device,
             self.amp_dtype,
+            "static (CUDA graph)"
+            if self.graph is not None and self.graph.capture
+            else ("static" if self.graph is not None else "eager"),
             self.steps_per_epoch,
             self.stop_step,
             self.total_steps,
@@ -438,29 +467,41 @@ class Trainer:
             # The row order of an epoch depends on (seed, epoch) only: a resumed run skips the
             # batches of its epoch already trained on and sees the same order after them.
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            rng = np.random.default_rng([rt.seed, epoch])
-            for batch in self.train_data.iter_batches(
+            plan = self.train_data.epoch_plan(
                 cfg.data.batch_size,
                 shuffle=True,
-                generator=rng,
+                generator=np.random.default_rng([rt.seed, epoch]),
                 drop_last=cfg.data.drop_last,
-                start=skip,
                 shard=(0, 1) if self.ranks is None else (self.ranks.rank, self.world),
-            ):
+            )
+            n_static = 0 if self.graph is None else self.graph.load(plan, skip)
+            for i in range(skip, len(plan)):
                 if self.step >= self.stop_step:
                     break
-                self._step_and_bookkeep(batch, clock, bar)
+                if i < n_static:
+                    self.graph.run()
+                    self._bookkeep(None, cfg.data.batch_size, clock, bar)
+                    continue
+                batch = self.train_data.planned_batch(plan, i)
+                if self.graph is not None:
+                    self.graph.run(batch)
+                    self._bookkeep(None, batch.size, clock, bar)
+                else:
+                    self._bookkeep(self._train_step(batch), batch.size, clock, bar)
         bar.close()
+        self._poll_graph()
         return self._result(clock)
 
-    def _step_and_bookkeep(self, batch, clock: _Clock, bar) -> None:
+    def _bookkeep(self, values: torch.Tensor | None, rows: int, clock: _Clock, bar) -> None:
+        """After a step of ``rows`` rows: its loss values (eager step), logs, validation, states."""
         rt = self.cfg.runtime
-        values = self._train_step(batch)
+        if self.graph is not None:
+            self._graph_diagnostics()
         if values is not None:
             self._window_sums = values if self._window_sums is None else self._window_sums + values
             self._window_n += 1
-        clock.rows_window += batch.size * self.world  # every rank trains on a batch
-        clock.rows_seen += batch.size * self.world
+        clock.rows_window += rows * self.world  # every rank trains on a batch
+        clock.rows_seen += rows * self.world
         self.step += 1
         bar.update(1)
         if self.step % rt.log_every == 0 or self.step == self.stop_step:
@@ -469,15 +510,50 @@ class Trainer:
         due = self.step % self.cfg.valid_every == 0 or end_of_epoch or self.step == self.stop_step
         if due and self.is_main:  # on all validation rows: one rank, global metrics
             t_valid = time.perf_counter()
+            self._poll_graph()
             self._validate()
             clock.aside(time.perf_counter() - t_valid)
         periodic = self.state_store is not None and self.step % self.checkpoint_every == 0
         if periodic and self.step < self.stop_step:
+            self._poll_graph()
             self._save_state(clock)
+
+    def _poll_graph(self) -> None:
+        """The static step's guard record: raises for a stopping step; counts skipped batches."""
+        if self.graph is None:
+            return
+        skipped = self.graph.poll(self._graph_start)
+        if skipped != self.nonfinite_skipped:
+            log.warning(
+                "Non-finite values: %d batches skipped so far, no update from them "
+                "(runtime.on_nonfinite: skip_batch).",
+                skipped,
+            )
+            self.nonfinite_skipped = skipped
+            self.history.add(self.step, "nonfinite", {"skipped_batches": skipped})
+
+    def _graph_diagnostics(self) -> None:
+        """Gradient diagnostics and health rows of the static step's batch (when due), from a
+        forward of their own after the step (the captured step computes neither)."""
+        if not any(self._diagnostics_due()):
+            return
+        batch = self.graph.last_batch
+        with autocast(self.device, self.amp_dtype):
+            out = self.model(batch)
+        pw = self.pos_weights.current(self.step)
+        res = compute_losses(
+            out, batch.click, batch.conversion, step=self.step, cfg=self.cfg, pos_weight=pw
+        )
+        self._diagnostics(batch, out, res)
 
     def _log_window(self, clock: _Clock, bar) -> None:
         means: dict[str, float] = {}
-        if self._window_n:
+        if self.graph is not None:
+            self._poll_graph()
+            window = self.graph.take_window()
+            if window is not None:
+                means = dict(zip(*window, strict=True))
+        elif self._window_n:
             window = self._window_sums / self._window_n
             if self.exchange is not None:  # the mean over every rank's batches
                 window = all_ranks_mean(window)
@@ -505,16 +581,16 @@ class Trainer:
         clock.t_window = time.perf_counter()
 
     def _schedule_values(self) -> dict[str, float]:
-        out = {"lr_dense": self.opt.dense.param_groups[0]["lr"]}
+        out = {"lr_dense": float(self.opt.dense.param_groups[0]["lr"])}
         if self.opt.sparse is not None:
-            out["lr_sparse"] = self.opt.sparse.param_groups[0]["lr"]
+            out["lr_sparse"] = float(self.opt.sparse.param_groups[0]["lr"])
         for task, w in self.pos_weights.current(self.step).items():
             out[f"pos_weight_{task}"] = w
         return out
 
     def _train_step(self, batch) -> torch.Tensor | None:
         """One optimisation step; the stacked loss components, or None for a skipped batch."""
-        cfg, rt = self.cfg, self.cfg.runtime
+        cfg = self.cfg
         with autocast(self.device, self.amp_dtype):
             out = self.model(batch)
         self.pos_weights.observe(batch.click, batch.conversion)
@@ -522,17 +598,7 @@ class Trainer:
         res = compute_losses(
             out, batch.click, batch.conversion, step=self.step, cfg=cfg, pos_weight=pw
         )
-        diag_step = rt.grad_diag_enabled and self.step % self.cfg.grad_diag_every == 0
-        if diag_step and len(cfg.model.tasks) >= rt.grad_diag_min_tasks:
-            stats = task_gradient_stats(
-                self.model, task_losses_for_diagnostics(res.components, cfg)
-            )
-            self.history.add_rows(self.step, "grad", stats)
-        if rt.log_health_metrics and (self.step + 1) % rt.log_every == 0:
-            with torch.no_grad():
-                self.history.add_rows(
-                    self.step + 1, "health", health_metrics(out, batch.click, batch.conversion)
-                )
+        self._diagnostics(batch, out, res)
         self.opt.zero_grad()
         self.scaler.scale(res.total).backward()
         if self.exchange is not None:
@@ -542,6 +608,26 @@ class Trainer:
         updated = self._apply_gradients(values, self._loss_names)
         self.scheds.step()
         return values if updated else None
+
+    def _diagnostics_due(self) -> tuple[bool, bool]:
+        """(gradient diagnostics, health metrics) due at this step."""
+        cfg, rt = self.cfg, self.cfg.runtime
+        diag = rt.grad_diag_enabled and self.step % cfg.grad_diag_every == 0
+        diag = diag and len(cfg.model.tasks) >= rt.grad_diag_min_tasks
+        return diag, rt.log_health_metrics and (self.step + 1) % rt.log_every == 0
+
+    def _diagnostics(self, batch, out, res) -> None:
+        diag, health = self._diagnostics_due()
+        if diag:
+            stats = task_gradient_stats(
+                self.model, task_losses_for_diagnostics(res.components, self.cfg)
+            )
+            self.history.add_rows(self.step, "grad", stats)
+        if health:
+            with torch.no_grad():
+                self.history.add_rows(
+                    self.step + 1, "health", health_metrics(out, batch.click, batch.conversion)
+                )
 
     def _apply_gradients(
         self, losses: torch.Tensor | None = None, loss_names: list[str] | None = None

@@ -145,6 +145,14 @@ def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def _on_device(value: float | Tensor, device: torch.device) -> Tensor:
+    """A positive weight as a 0-d tensor on ``device`` (a device tensor is used as it is: the
+    static step keeps its weights there, and a captured step must not copy from the host)."""
+    if torch.is_tensor(value):
+        return value
+    return torch.tensor(float(value), device=device)
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """``sum(values * mask) / count(mask)``; 0 (with a graph) when the mask is empty."""
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
@@ -175,7 +183,7 @@ def esmm_losses(
     *,
     step: int,
     cfg: Config,
-    pos_weight: Mapping[str, float],
+    pos_weight: Mapping[str, float | Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(total, components)`` of the ESMM objective; float labels ``[B]``, logits ``{task: [B]}``.
 
@@ -184,11 +192,11 @@ def esmm_losses(
     esmm = cfg.esmm
     zero = torch.zeros((), device=y_click.device)
     l_ctr, l_cvr = logits["ctr"].float(), logits["cvr"].float()
-    pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=y_click.device)
+    pw_ctr = _on_device(pos_weight.get("ctr", 1.0), y_click.device)
     comps: dict[str, Tensor] = {}
     comps["loss_ctr"] = F.binary_cross_entropy_with_logits(l_ctr, y_click, pos_weight=pw_ctr)
     log_p = ctcvr_log_prob(l_ctr, l_cvr, version=esmm.version, eps=esmm.eps)  # [B]
-    bce = weighted_bce_from_log_prob(log_p, y_conv, float(pos_weight.get("ctcvr", 1.0)))
+    bce = weighted_bce_from_log_prob(log_p, y_conv, pos_weight.get("ctcvr", 1.0))
     comps["loss_ctcvr_bce"] = bce.mean()
     comps["loss_ctcvr_focal"] = _ctcvr_focal(log_p, y_conv, bce, step=step, cfg=cfg, zero=zero)
     comps["loss_ctcvr"] = (
@@ -213,7 +221,7 @@ def single_task_losses(
     y_conv: Tensor,
     *,
     cfg: Config,
-    pos_weight: Mapping[str, float],
+    pos_weight: Mapping[str, float | Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(total, components)`` of independent CTR and CVR losses (no ESMM product).
 
@@ -224,7 +232,7 @@ def single_task_losses(
     total = zero
     comps = {"loss_ctr": zero, "loss_cvr": zero}
     if "ctr" in logits:
-        pw_ctr = torch.tensor(float(pos_weight.get("ctr", 1.0)), device=y_click.device)
+        pw_ctr = _on_device(pos_weight.get("ctr", 1.0), y_click.device)
         comps["loss_ctr"] = F.binary_cross_entropy_with_logits(
             logits["ctr"].float(), y_click, pos_weight=pw_ctr
         )
@@ -265,7 +273,7 @@ def compute_losses(
     *,
     step: int,
     cfg: Config,
-    pos_weight: Mapping[str, float],
+    pos_weight: Mapping[str, float | Tensor],
 ) -> LossResult:
     """The training objective for one batch: ESMM or single-task losses, plus gate terms.
 

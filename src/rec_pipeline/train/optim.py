@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rec_pipeline.config import Config
+from rec_pipeline.train.row_adam import RowAdam
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,32 @@ class Optimizers:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.dense.load_state_dict(state["dense"])
+        loads = [(self.dense, state["dense"])]
         if self.sparse is not None and state.get("sparse") is not None:
-            self.sparse.load_state_dict(state["sparse"])
+            loads.append((self.sparse, state["sparse"]))
+        for opt, saved in loads:
+            held = [group["lr"] for group in opt.param_groups]
+            opt.load_state_dict(saved)
+            # A rate held in a device tensor (the static step) stays that tensor, whichever
+            # step mode saved the state; a float rate stays a float.
+            for group, old in zip(opt.param_groups, held, strict=True):
+                if torch.is_tensor(old):
+                    old.fill_(float(group["lr"]))
+                    group["lr"] = old
+                elif torch.is_tensor(group["lr"]):
+                    group["lr"] = float(group["lr"])
 
 
-def build_optimizers(model: torch.nn.Module, cfg: Config) -> Optimizers:
+def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = False) -> Optimizers:
     """AdamW over dense parameters; SparseAdam over the embedding tables when they are sparse.
 
     With ``embedding.sparse_grad: false`` the tables have dense gradients and join AdamW, which
     the config only allows with ``optim.sparse.allow_fallback_if_empty: true``.
+
+    ``static`` (``runtime.step_mode: graph``): the same updates in forms a CUDA graph can
+    replay: :class:`RowAdam` instead of SparseAdam (it also adds the ``embedding.l2_reg``
+    gradient), a capturable fused AdamW, and learning rates held in device tensors that the
+    schedulers fill in place (``initial_lr`` stays a float, so the schedules stay host maths).
     """
     o = cfg.optim
     sparse_params = list(model.sparse_parameters()) if cfg.embedding.sparse_grad else []
@@ -53,19 +70,41 @@ def build_optimizers(model: torch.nn.Module, cfg: Config) -> Optimizers:
         # Only with optim.sparse.allow_fallback_if_empty (Config checks it before any work).
         log.warning("Sparse optimiser has no parameters; embeddings are trained by AdamW.")
     on_gpu = bool(dense_params) and all(p.is_cuda for p in dense_params)
+    device = dense_params[0].device if dense_params else torch.device("cpu")
     dense = torch.optim.AdamW(
         dense_params,
-        lr=o.dense.lr,
+        lr=_lr(o.dense.lr, device, static),
         weight_decay=o.dense.weight_decay,
         betas=tuple(o.dense.betas),
         eps=o.dense.eps,
         # One fused kernel for all dense parameters on a GPU: the model is small, so a step
-        # is bound by kernel launches rather than by arithmetic.
-        fused=on_gpu or None,
+        # is bound by kernel launches rather than by arithmetic. The static step needs the
+        # fused kernel on the CPU too: only it skips an update on a device-side found_inf.
+        fused=(on_gpu or static) or None,
+        capturable=static and on_gpu,
     )
     sparse = None
     if use_sparse and sparse_params:
-        sparse = torch.optim.SparseAdam(
-            sparse_params, lr=o.sparse.lr, betas=tuple(o.sparse.betas), eps=o.sparse.eps
-        )
-    return Optimizers(dense=dense, sparse=sparse)
+        if static:
+            sparse = RowAdam(
+                sparse_params,
+                lr=_lr(o.sparse.lr, device, static),
+                betas=tuple(o.sparse.betas),
+                eps=o.sparse.eps,
+                l2=cfg.embedding.l2_reg,
+            )
+        else:
+            sparse = torch.optim.SparseAdam(
+                sparse_params, lr=o.sparse.lr, betas=tuple(o.sparse.betas), eps=o.sparse.eps
+            )
+    optimizers = Optimizers(dense=dense, sparse=sparse)
+    if static:
+        for opt in optimizers.all():
+            for group in opt.param_groups:
+                group["initial_lr"] = float(group["lr"])
+    return optimizers
+
+
+def _lr(value: float, device: torch.device, static: bool) -> float | torch.Tensor:
+    """A float, or for the static step a device tensor (a captured step reads it there)."""
+    return torch.tensor(float(value), device=device) if static else value

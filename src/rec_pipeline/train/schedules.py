@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -117,7 +118,10 @@ class LRSchedulers:
                 for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
             ]
             for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
-                group["lr"] = lr
+                if torch.is_tensor(group["lr"]):  # the static step's device-held rate
+                    group["lr"].fill_(float(lr))
+                else:
+                    group["lr"] = lr
             sched._last_lr = lrs
 
 

@@ -1,7 +1,8 @@
 """Blocks of common records and their impressions, drawn as numbers, with the raw logit terms.
 
-Randomness is drawn per block of ``BLOCK_COMMONS`` common records from its own seeded stream, so
-the bytes depend on the config but not on ``chunk_rows``.
+Randomness is drawn per block of ``BLOCK_COMMONS`` common records from its own stream, seeded by
+the block's index, so the bytes depend on the config but neither on ``chunk_rows`` nor on how
+many processes draw the blocks.
 """
 
 from __future__ import annotations
@@ -236,10 +237,14 @@ def affinity_thresholds(world: World, pilot: list[Block]) -> dict[str, np.ndarra
     return out
 
 
-def _plan_split(
+def plan_split(
     config: SyntheticConfig, world: World, split_key: int, n_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Impressions per common record (summing exactly to n_rows) and each record's user."""
+    """Impressions per common record (summing exactly to n_rows) and each record's user.
+
+    Cheap (two numbers per record), so the whole split is planned at once; the blocks cut from
+    it are then independent of one another.
+    """
     rng = rng_for(config, split_key, 0)
     p = 1.0 / config.impressions_per_common
     sizes = np.empty(0, dtype=np.int64)
@@ -257,10 +262,27 @@ def _plan_split(
     return sizes, users
 
 
+def block_at(
+    config: SyntheticConfig,
+    world: World,
+    split_key: int,
+    index: int,
+    users: np.ndarray,
+    sizes: np.ndarray,
+) -> tuple[Block, np.random.Generator]:
+    """Block ``index`` of a split (its records' users and impression counts given), and its
+    stream, which the caller goes on drawing the labels from.
+
+    The stream is keyed by the block's index alone, so any process can draw any block.
+    """
+    rng = rng_for(config, split_key, 1, index)
+    return generate_block(world, config, rng, users, sizes, split_key == 1), rng
+
+
 def blocks(config: SyntheticConfig, world: World, split_key: int, n_rows: int):
-    sizes, users = _plan_split(config, world, split_key, n_rows)
+    """Every block of a split in order, as (first record, block, stream)."""
+    sizes, users = plan_split(config, world, split_key, n_rows)
     for b, start in enumerate(range(0, len(sizes), BLOCK_COMMONS)):
         sl = slice(start, start + BLOCK_COMMONS)
-        rng = rng_for(config, split_key, 1, b)
-        block = generate_block(world, config, rng, users[sl], sizes[sl], split_key == 1)
+        block, rng = block_at(config, world, split_key, b, users[sl], sizes[sl])
         yield start, block, rng

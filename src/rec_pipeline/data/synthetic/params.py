@@ -10,7 +10,8 @@ from typing import Any
 from rec_pipeline.config import SyntheticParams
 from rec_pipeline.data.aliccp.format import PROFILE_FIELDS
 
-# Part of the fingerprint: bump it whenever the bytes written for a given config change.
+# Part of the fingerprint: bump it whenever the data written for a given config change (the raw
+# files' bytes, the truth's values; not the truth's Parquet encoding).
 GENERATOR_VERSION = 2
 MARKER_NAME = "_synthetic.json"
 TRUTH_FILE_NAMES = ("truth_train.parquet", "truth_test.parquet")
@@ -39,6 +40,8 @@ PILOT_COMMONS = 5_000
 # thresholds around the median count of the cross field's present entries.
 HILL = 4.0
 THRESHOLD_SPREAD = 0.5
+# Keys that set how the work is cut and spread, not what is written: never in the fingerprint.
+_WORK_LAYOUT = ("chunk_rows", "workers")
 # Keys whose default leaves the output as it was before they existed; they enter the fingerprint
 # only when set to something else.
 _NEUTRAL_DEFAULTS = {
@@ -73,8 +76,9 @@ class SyntheticConfig(SyntheticParams):
     def fingerprint(self) -> str:
         """Stable hash of the output-defining fields and the generator version (16 hex chars).
 
-        ``chunk_rows`` only sets the write buffer (the bytes do not depend on it), so it is left
-        out: changing it alone does not make the files look foreign or stale. Keys added after
+        ``chunk_rows`` and ``workers`` only set how the work is cut and spread over processes
+        (the bytes depend on neither), so they are left out: changing them alone does not make
+        the files look foreign or stale. Keys added after
         generator version 2 enter only when set away from their default (at which the bytes are
         those of before), so the fingerprints of configs that leave them alone, and the files
         already written for them, stay valid.
@@ -82,7 +86,7 @@ class SyntheticConfig(SyntheticParams):
         fields = {
             k: v
             for k, v in self.to_dict().items()
-            if k != "chunk_rows" and not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])
+            if k not in _WORK_LAYOUT and not (k in _NEUTRAL_DEFAULTS and v == _NEUTRAL_DEFAULTS[k])
         }
         payload = json.dumps(
             {"generator_version": GENERATOR_VERSION, **fields},

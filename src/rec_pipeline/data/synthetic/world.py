@@ -31,6 +31,7 @@ from rec_pipeline.data.synthetic.sampling import (
     distinct_ids,
     fresh_ids,
     rng_for,
+    sorted_unique,
     zipf_weights,
 )
 
@@ -295,7 +296,7 @@ def _draw_items(
     want = 1 + rng.binomial(3, 0.3, size=n)
     owner = np.repeat(np.arange(n), want)
     nodes = samplers["210"].sample(rng, topic[owner])
-    keys = np.unique(owner.astype(np.int64) * n_intentions + nodes)
+    keys = sorted_unique(owner.astype(np.int64) * n_intentions + nodes)
     int_owner, int_nodes = keys // n_intentions, keys % n_intentions
     return _Items(topic, cat, shop, brand, np.diff(csr_offsets(int_owner, n)), int_nodes)
 

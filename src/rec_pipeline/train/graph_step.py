@@ -1,0 +1,260 @@
+"""The static training step (``runtime.step_mode: graph``): one CUDA graph replay per step.
+
+An eager step launches some hundreds of small kernels, and at the seed's batch of 1,024 a GPU
+spends the step waiting for them to be launched. Here the whole step (batch gather, forward,
+losses, backward, the non-finite guard, clipping, both optimiser updates, the loss log) has fixed
+shapes and never reads a value back to the host, so it is captured once as a CUDA graph and each
+step is one ``replay()``. On the CPU the same step runs eagerly (the same maths, for tests).
+
+What makes it static:
+
+* batches: :class:`~rec_pipeline.data.static_batches.StaticBatches` (fixed B and value slots,
+  gathered from a device-side counter); an epoch's short last batch runs the same step eagerly;
+* optimisers: :class:`~rec_pipeline.train.row_adam.RowAdam` (SparseAdam's update without the
+  coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the forward needs no
+  ``unique``) and a capturable fused AdamW, learning rates in device tensors the schedulers fill;
+* the positive weights live in a device tensor, refreshed from the host only when they change;
+* the guard: the finite flags of the loss components, every gradient and every guarded
+  parameter are combined on the device into the optimisers' ``found_inf``, so a step with a
+  non-finite value changes no weight. The first step that must stop training, and the flags that
+  name the culprits, are kept on the device; the host reads them at log, validation and save
+  points (:meth:`GraphStep.poll`) and raises there. With ``on_nonfinite: stop`` every step after
+  the first bad one is a no-op too, so the weights are those before it, as in the eager step.
+
+The graph is captured again (a few steps of eager warm-up only the first time) when the value
+slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
+warm-up (the loss's structure changes). Not supported (refused with the key named, by the
+config): fp16 loss scaling, several devices, ``loss.pos_weight_dynamic``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from rec_pipeline.data.batches import Batch, BatchPlan
+from rec_pipeline.data.static_batches import StaticBatches, full_batches, needed_sizes
+from rec_pipeline.train.losses import compute_losses
+from rec_pipeline.train.row_adam import RowAdam
+
+if TYPE_CHECKING:
+    from rec_pipeline.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+#: Eager steps (on a side stream) before the first capture: lazy initialisation (optimiser
+#: state, library handles) must not happen inside a capture.
+WARMUP_STEPS = 2
+
+
+class GraphStep:
+    """The static step of one :class:`~rec_pipeline.train.loop.Trainer` (module docstring)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = t = trainer
+        dev = t.device
+        self.capture = dev.type == "cuda"
+        self.batches: StaticBatches | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_key: bool | None = None
+        self.warm = 0
+        self.last_batch: Batch | None = None
+        self.pos_weight = torch.ones(2, device=dev)  # [ctr, ctcvr]
+        self._pos_weight_host: tuple[float, float] | None = None
+        self.steps = torch.zeros((), dtype=torch.int64, device=dev)  # steps run
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
+        self.skipped = torch.zeros((), dtype=torch.int64, device=dev)
+        self.stop_on_any = t.cfg.runtime.on_nonfinite == "stop"
+        # Allocated by the first (eager) step, when their lengths are known.
+        self.window_sums: torch.Tensor | None = None  # [1 + C] loss sums of the log window
+        self.window_n: torch.Tensor | None = None  # [] steps in them
+        self.bad_flags: torch.Tensor | None = None  # [K] finite flags at the first bad step
+        self.loss_names: list[str] = []
+        self.flag_names: list[str] = []
+
+    # -------------------------------------------------------------------------------- epochs
+
+    def load(self, plan: BatchPlan, start: int) -> int:
+        """Put an epoch's plan in the static buffers; returns how many batches are full."""
+        bs = self.trainer.cfg.data.batch_size
+        n_full = full_batches(plan, bs)
+        if n_full <= start:
+            return n_full
+        sizes = needed_sizes(plan, bs, n_full)
+        b = self.batches
+        if b is None or b.n_full != n_full or not b.sizes.holds(sizes):
+            if b is not None:
+                log.info("Static batch slots grow to %s: the step is captured again.", sizes)
+            self.graph = None  # its buffers are about to be replaced
+            self.batches = StaticBatches(self.trainer.train_data, sizes, n_full)
+        self.batches.load(plan, start)
+        return n_full
+
+    def run(self, batch: Batch | None = None) -> None:
+        """One step: the next static batch (``batch`` None) or an ordinary batch, eagerly;
+        then the learning-rate schedules' step (host maths, filling the rate tensors)."""
+        self._refresh_pos_weight()
+        self._device_step(batch)
+        self.trainer.scheds.step()
+
+    def _device_step(self, batch: Batch | None) -> None:
+        if batch is not None or not self.capture:
+            self._body(batch)
+            return
+        key = self._focal_active()
+        if self.graph is None or key != self.graph_key:
+            if self.warm < WARMUP_STEPS:
+                self.warm += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._body(None)
+                torch.cuda.current_stream().wait_stream(side)
+                return
+            self._capture(key)
+        self.graph.replay()
+        self.last_batch = self.batches.current
+
+    def _capture(self, key: bool) -> None:
+        self.graph = None
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        self.trainer.opt.zero_grad()
+        with torch.cuda.graph(graph):
+            self._body(None)
+        self.graph, self.graph_key = graph, key
+        log.info("Training step captured as a CUDA graph (%s).", self.batches.sizes)
+
+    # ---------------------------------------------------------------------------------- step
+
+    def _focal_active(self) -> bool:
+        focal, step = self.trainer.cfg.loss.aux_focal, self.trainer.step
+        return bool(focal.enabled and step >= focal.warmup_steps)
+
+    def _refresh_pos_weight(self) -> None:
+        t = self.trainer
+        pw = t.pos_weights.current(t.step)
+        host = (float(pw["ctr"]), float(pw["ctcvr"]))
+        if host != self._pos_weight_host:
+            self.pos_weight[0].fill_(host[0])
+            self.pos_weight[1].fill_(host[1])
+            self._pos_weight_host = host
+
+    def _body(self, batch: Batch | None) -> None:
+        """The step's device work; ``batch`` None takes the next static batch."""
+        from rec_pipeline.train.loop import autocast  # the loop imports this module
+
+        t = self.trainer
+        if batch is None:
+            batch = self.batches.next()
+        self.last_batch = batch
+        with autocast(t.device, t.amp_dtype, cache=False):
+            out = t.model(batch)
+        pw = {"ctr": self.pos_weight[0], "ctcvr": self.pos_weight[1]}
+        res = compute_losses(
+            out, batch.click, batch.conversion, step=t.step, cfg=t.cfg, pos_weight=pw
+        )
+        t.opt.zero_grad()
+        res.total.backward()
+        lookups = t.model.embedding.lookups(batch)
+        if isinstance(t.opt.sparse, RowAdam) and t.opt.sparse.l2 > 0:
+            # The penalty's gradient is RowAdam's; its value joins the loss log here.
+            penalty = t.opt.sparse.penalty(lookups)
+            res.components["loss_embedding_l2"] = penalty
+            res.total = res.total.detach() + t.opt.sparse.l2 * penalty
+        names, values = res.stacked()
+        ok = self._guard(names, values)
+        found_inf = (~ok).float()
+        if t.cfg.runtime.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(t.clip_params, t.cfg.runtime.grad_clip_norm)
+        t.opt.dense.found_inf = found_inf
+        t.opt.dense.step()
+        if isinstance(t.opt.sparse, RowAdam):
+            t.opt.sparse.found_inf = found_inf
+            t.opt.sparse.step(lookups)
+        if self.window_sums is None:
+            self.window_sums = torch.zeros_like(values)
+            self.window_n = torch.zeros((), device=values.device)
+        self.window_sums.add_(torch.where(ok, values, torch.zeros_like(values)))
+        self.window_n.add_(ok.float())
+        self.steps.add_(1)
+
+    def _flags(self, values: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(names, finite flags [K], which flags a skipped batch cannot excuse [K])."""
+        t = self.trainer
+        grads = [
+            (t.param_names[id(p)], p.grad)
+            for opt in t.opt.all()
+            for group in opt.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        dense = [g for _, g in grads if not g.is_sparse]
+        flags = [torch.isfinite(values)]
+        if dense:
+            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(dense))))
+        flags += [torch.isfinite(g._values()).all().view(1) for _, g in grads if g.is_sparse]
+        names = [f"gradient of {n}" for n, g in grads if not g.is_sparse]
+        names += [f"gradient of {n}" for n, g in grads if g.is_sparse]
+        if t.clip_params:
+            with torch.no_grad():
+                norms = torch.stack(torch._foreach_norm([p.detach() for p in t.clip_params]))
+            flags.append(torch.isfinite(norms))
+            names += [f"parameter {t.param_names[id(p)]}" for p in t.clip_params]
+        flag = torch.cat(flags)
+        # The parameters' flags come last; a non-finite parameter cannot be skipped.
+        fatal = torch.arange(flag.shape[0], device=flag.device) >= flag.shape[0] - len(
+            t.clip_params
+        )
+        return names, flag, fatal
+
+    def _guard(self, loss_names: list[str], values: torch.Tensor) -> torch.Tensor:
+        """The step's ``ok`` (a device bool): apply the update. Records the first fatal step."""
+        names, flag, fatal = self._flags(values)
+        self.loss_names = loss_names
+        self.flag_names = [f"loss {n}" for n in loss_names] + names
+        if self.bad_flags is None:
+            self.bad_flags = torch.ones_like(flag)
+        bad = ~flag.all()
+        stop_now = bad if self.stop_on_any else (~flag & fatal).any()
+        first = (self.first_bad < 0) & stop_now
+        self.first_bad.copy_(torch.where(first, self.steps, self.first_bad))
+        self.bad_flags.copy_(torch.where(first, flag, self.bad_flags))
+        ok = ~bad & (self.first_bad < 0)
+        self.skipped.add_((bad & (self.first_bad < 0)).long())
+        return ok
+
+    # ----------------------------------------------------------------------------- host side
+
+    def take_window(self) -> tuple[list[str], list[float]] | None:
+        """The mean loss components of the steps since the last call (one host read)."""
+        if self.window_sums is None:
+            return None
+        read = torch.cat([self.window_sums, self.window_n.view(1)]).tolist()
+        self.window_sums.zero_()
+        self.window_n.zero_()
+        *sums, n = read
+        if n == 0:
+            return None
+        return self.loss_names, [v / n for v in sums]
+
+    def poll(self, first_step: int) -> int:
+        """Read the guard's record: raise for a stopping step, else return the batches skipped
+        so far. ``first_step``: the trainer's step count when this step object started."""
+        from rec_pipeline.train.loop import NonFiniteError
+
+        first_bad, skipped = torch.stack([self.first_bad, self.skipped]).tolist()
+        if first_bad < 0:
+            return int(skipped)
+        flags = self.bad_flags.tolist()
+        culprits = [n for n, ok in zip(self.flag_names, flags, strict=True) if not ok]
+        fatal_param = any(n.startswith("parameter ") for n in culprits)
+        why = "runtime.on_nonfinite: stop" if not fatal_param else "a parameter cannot be skipped"
+        raise NonFiniteError(
+            f"Non-finite values at step {first_step + int(first_bad) + 1}: "
+            f"{', '.join(culprits[:6])}{' (+more)' if len(culprits) > 6 else ''}. No weight was "
+            f"updated with them, nor at any later step; training stops ({why}). States and "
+            "checkpoints saved before this step are intact."
+        )

@@ -1,0 +1,207 @@
+"""Row-wise Adam for embedding tables: SparseAdam's update, in place, with static shapes.
+
+``torch.optim.SparseAdam`` coalesces each step's sparse gradient (a sort whose output size
+depends on the data), so it cannot run inside a CUDA graph and costs a host synchronisation.
+:class:`RowAdam` makes the same update from a fixed-size list of touched rows instead:
+
+1. the step's gradient entries (uncoalesced COO of the table, any order, duplicates allowed)
+   are summed into a persistent ``[rows, C]`` buffer with ``index_add_``;
+2. every touched row (the lookups of the batch, ``[N]`` with duplicates, and a 0/1 mask
+   marking the real ones: padding entries of a static batch count for nothing) reads its
+   summed gradient and its moments, computes SparseAdam's new values, and writes them back;
+   duplicates of a row compute identical values, so the duplicated writes are harmless;
+3. the buffer rows it read are zeroed for the next step.
+
+When a batch's lookups outnumber the table's rows (large batches, long behaviour lists), the
+same update runs as masked elementwise passes over the whole table instead, which move fewer
+bytes than gathers and scatters of every lookup.
+
+The update of a touched row (``g`` its summed gradient, ``t`` the step count)::
+
+    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+    p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+which is ``torch.optim.SparseAdam``'s, row for row; rows that no real lookup touched are left
+alone, like SparseAdam leaves rows outside the coalesced gradient. Two additions:
+
+* ``l2``: the gradient of ``l2 * sum of squares of the distinct touched rows`` (the embedding
+  L2 penalty of docs/model.md) is added to ``g`` here, so the forward needs no ``unique``;
+  :meth:`penalty` gives the penalty's value for the loss log.
+* ``found_inf`` (attribute, a 0-d float tensor, like the fused optimisers read it): when 1 the
+  step changes nothing, not even the step count (the non-finite guard without a host read).
+
+Every op has a shape fixed by ``N``: no host synchronisation, capturable in a CUDA graph. The
+state (``step``, ``exp_avg``, ``exp_avg_sq``) has SparseAdam's keys and shapes, so a state saved
+by either optimiser loads into the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+#: Passes over ``[N, C]`` (per lookup) and over ``[rows, C]`` (whole table) of the two layouts
+#: of the update, counted from their ops: which moves fewer bytes for a given N and table.
+LOOKUP_PASSES = 14
+TABLE_PASSES = 10
+
+
+def _acc(p: Tensor) -> torch.dtype:
+    """The dtype the update is computed in: fp32, or the table's own when wider."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+class RowAdam(Optimizer):
+    """SparseAdam's update over explicitly listed touched rows (see the module docstring).
+
+    Args:
+        params: the embedding tables (``[rows, C]`` each), with sparse gradients.
+        lr: learning rate (a float, or a 0-d tensor a scheduler fills in place).
+        betas, eps: as in SparseAdam.
+        l2: coefficient of the touched-rows L2 penalty whose gradient the step adds.
+
+    Call :meth:`step` with one ``(rows, mask)`` pair per parameter, in ``params`` order:
+    ``rows`` int64 ``[N]`` the table rows the batch looked up, ``mask`` float ``[N]`` 1 for a
+    real lookup and 0 for padding.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        l2: float = 0.0,
+    ) -> None:
+        if not float(lr) >= 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"invalid epsilon {eps}")
+        for i, b in enumerate(betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"invalid beta parameter at index {i}: {b}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+        self.l2 = float(l2)
+        self.found_inf: Tensor | None = None
+        # Per table: the summed gradient and the real-lookup count of each row, zero between steps.
+        self._grad_sum: dict[int, Tensor] = {}
+        self._touches: dict[int, Tensor] = {}
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _state(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        step = state.get("step", 0)
+        if not torch.is_tensor(step) or step.device != p.device or step.dtype != torch.float64:
+            # A float64 tensor on the table's device: the step count never leaves the device,
+            # and the bias corrections computed from it are as exact as SparseAdam's.
+            state["step"] = torch.tensor(float(step), dtype=torch.float64, device=p.device)
+        return state
+
+    def _buffers(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        key = id(p)
+        if key not in self._grad_sum:
+            self._grad_sum[key] = torch.zeros_like(p, dtype=_acc(p))
+            self._touches[key] = torch.zeros(p.shape[0], dtype=_acc(p), device=p.device)
+        return self._grad_sum[key], self._touches[key]
+
+    def prepare(self) -> None:
+        """Create the state and buffers now (before a CUDA graph capture allocates anything)."""
+        for p in self._params():
+            self._state(p)
+            self._buffers(p)
+
+    @torch.no_grad()
+    def penalty(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """Sum of squares of the distinct rows that real lookups touched, over the tables
+        (``[]`` fp32): each lookup adds its row's squares divided by the row's lookup count."""
+        total = None
+        for p, (rows, mask) in zip(self._params(), lookups, strict=True):
+            mask = mask.to(_acc(p))
+            counts = torch.zeros(p.shape[0], dtype=mask.dtype, device=p.device)
+            counts.index_add_(0, rows, mask)
+            share = mask / counts[rows].clamp_min(1.0)  # [N]
+            part = (p[rows].to(mask.dtype).pow(2).sum(1) * share).sum()
+            total = part if total is None else total + part
+        return total
+
+    @torch.no_grad()
+    def step(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> None:  # type: ignore[override]
+        params = self._params()
+        if len(lookups) != len(params):
+            raise ValueError(f"RowAdam.step needs {len(params)} (rows, mask) pairs")
+        ok = None if self.found_inf is None else 1.0 - self.found_inf  # [] 1 = apply
+        pairs = iter(lookups)
+        for group in self.param_groups:
+            for p in group["params"]:
+                rows, mask = next(pairs)
+                self._update(p, group, rows, mask.to(_acc(p)), ok)
+
+    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> None:
+        state = self._state(p)
+        grad_sum, touches = self._buffers(p)
+        if p.grad is not None:
+            if not p.grad.is_sparse:
+                raise ValueError("RowAdam needs sparse gradients (embedding.sparse_grad: true)")
+            # Uncoalesced: every lookup's entry, summed per row by index_add_ (no sort).
+            grad_sum.index_add_(0, p.grad._indices()[0], p.grad._values().to(grad_sum.dtype))
+        touches.index_add_(0, rows, mask)
+        step = state["step"] + (1.0 if ok is None else ok)  # [] float
+        b1, b2 = group["betas"]
+        safe_step = step.clamp_min(1.0)
+        size = group["lr"] * torch.sqrt(1.0 - b2**safe_step) / (1.0 - b1**safe_step)
+        # Same update, two layouts: per lookup (gathers and scatters of [N, C]) or over the
+        # whole table, masked (elementwise passes over [rows, C]); the cheaper one by bytes.
+        if p.shape[0] * TABLE_PASSES < rows.shape[0] * LOOKUP_PASSES:
+            self._update_table(p, state, grad_sum, touches, size, group["eps"], ok, (b1, b2))
+        else:
+            self._update_rows(p, state, grad_sum, touches, rows, size, group["eps"], ok, (b1, b2))
+        state["step"].copy_(step)
+
+    def _update_table(self, p, state, grad_sum, touches, size, eps, ok, betas) -> None:
+        """The update as masked elementwise passes over the whole table ``[rows, C]``."""
+        b1, b2 = betas
+        touched = touches > 0
+        if ok is not None:
+            touched = touched & (ok > 0)
+        touched = touched.unsqueeze(1)  # [rows, 1]
+        apply = touched.to(grad_sum.dtype)
+        # Masked by selection, not by a 0 factor: a skipped step's gradient may hold NaN.
+        g = torch.where(touched, grad_sum, grad_sum.new_zeros(()))
+        if self.l2 > 0:
+            g = g + (2.0 * self.l2) * p.to(g.dtype) * apply
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, apply * (1.0 - b1))
+        v.lerp_(g * g, apply * (1.0 - b2))
+        direction = m / (v.sqrt() + eps)
+        p.sub_((direction * (apply * size)).to(p.dtype))
+        grad_sum.zero_()
+        touches.zero_()
+
+    def _update_rows(self, p, state, grad_sum, touches, rows, size, eps, ok, betas) -> None:
+        """The update per lookup: gathers of the touched rows, scatters of their new values."""
+        b1, b2 = betas
+        apply = touches[rows] > 0  # [N] a real lookup touched this row
+        if ok is not None:
+            apply = apply & (ok > 0)
+        apply = apply.unsqueeze(1)  # [N, 1]
+        param = p[rows].to(grad_sum.dtype)  # [N, C]
+        g = grad_sum[rows]
+        if self.l2 > 0:
+            g = g + (2.0 * self.l2) * param
+        m_old, v_old = state["exp_avg"][rows], state["exp_avg_sq"][rows]
+        m = m_old + (g - m_old) * (1.0 - b1)
+        v = v_old + (g * g - v_old) * (1.0 - b2)
+        new_p = param - size * m / (v.sqrt() + eps)
+        p.index_copy_(0, rows, torch.where(apply, new_p, param).to(p.dtype))
+        state["exp_avg"].index_copy_(0, rows, torch.where(apply, m, m_old))
+        state["exp_avg_sq"].index_copy_(0, rows, torch.where(apply, v, v_old))
+        grad_sum.index_fill_(0, rows, 0.0)
+        touches.index_fill_(0, rows, 0.0)
