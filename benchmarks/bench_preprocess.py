@@ -1,4 +1,5 @@
-"""Raw Ali-CCP parse throughput and peak memory (rec_pipeline.data.aliccp).
+"""Raw Ali-CCP preprocessing throughput and peak memory: the parser alone on one core, or a whole
+raw folder (parse, vocabularies, encode) at several worker counts.
 
 Examples::
 
@@ -6,8 +7,16 @@ Examples::
     python -m benchmarks.bench_preprocess --sizes-mb 50 200 --chunk-mb 16
     python -m benchmarks.bench_preprocess --workdir /data/tmp --keep
     python -m benchmarks.bench_preprocess --on-chunk mypkg.mod:consume   # time parse + a stage
-    python -m benchmarks.bench_preprocess --workers 1 2 4 8 16     # the scaling curve
+    python -m benchmarks.bench_preprocess --raw data/01_raw/aliccp_synthetic --workers 1 2 4 8 16
 
+With ``--raw FOLDER`` (the scaling curve, :mod:`benchmarks.preprocess_folder`): for each worker
+count, a fresh subprocess parses the folder's four files, counts the vocabularies and encodes
+(``rec_pipeline.data.processing.encode_folder``, as the Kedro nodes do); the table gives seconds
+and raw-text MB/s per stage, peak RSS and CPU seconds of that process and of its workers (peak:
+the largest one; CPU: all together), the bytes each stage wrote, and a hash of the encoded rows,
+which must be the same at every count.
+
+Without ``--raw``:
 Writes synthetic files in the exact raw format (``sample_skeleton``: ~13 features a line, two
 multi-hot fields; ``common_features``: ~500 weighted features a line over 109_14 / 110_14 /
 127_14 / 150_14 plus single fields 101, 121-129), then parses each file once in a fresh
@@ -29,7 +38,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from benchmarks import preprocess_folder
 from rec_pipeline.data import aliccp
 from rec_pipeline.data.aliccp import writer
 
@@ -50,9 +59,8 @@ BEHAVIOUR_FIELDS = list(aliccp.BEHAVIOUR_FIELDS)
 BEHAVIOUR_MEAN = [60, 150, 130, 150]
 
 TABLE_HEADER = (
-    "| file kind | stage | size MB | lines | features | chunk MB | workers | seconds | MB/s "
-    "| MB/s per worker | peak RSS MB | RSS after imports MB | peak - imports MB "
-    "| worker peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| file kind | stage | size MB | lines | features | chunk MB | seconds | MB/s | peak RSS MB "
+    "| RSS after imports MB | peak - imports MB |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -156,16 +164,14 @@ def _resolve(spec: str | None):
     return getattr(importlib.import_module(module), name)
 
 
-def measure(
-    path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None, workers: int = 1
-) -> dict:
+def measure(path: str, kind: str, chunk_bytes: int, on_chunk: str | None = None) -> dict:
     fields = SKELETON_FIELDS if kind == aliccp.SKELETON_KIND else COMMON_FIELDS + BEHAVIOUR_FIELDS
     stage = _resolve(on_chunk)
     rss_import = _vm("VmRSS")
     parser = aliccp.FileParser(path, kind, fields, chunk_bytes=chunk_bytes)
     start = time.perf_counter()
     n_rows = 0
-    for rows, quarantine in parser.chunks(workers=workers):
+    for rows, quarantine in parser.chunks():
         n_rows += rows.num_rows
         if stage is not None:
             stage(rows, quarantine)
@@ -177,16 +183,12 @@ def measure(
         "report": report.to_dict(),
         "peak_rss": _vm("VmHWM"),
         "rss_import": rss_import,
-        # The largest parsing process's peak (kB): each worker holds about one chunk at a time.
-        "worker_peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
 
 
-def measure_in_subprocess(
-    path: Path, kind: str, chunk_bytes: int, on_chunk: str | None, workers: int = 1
-) -> dict:
+def measure_in_subprocess(path: Path, kind: str, chunk_bytes: int, on_chunk: str | None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_preprocess", "--measure", str(path)]
-    cmd += ["--kind", kind, "--workers", str(workers)]
+    cmd += ["--kind", kind]
     cmd += ["--chunk-mb", str(chunk_bytes / 2**20)]
     if on_chunk:
         cmd += ["--on-chunk", on_chunk]
@@ -194,17 +196,16 @@ def measure_in_subprocess(
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _row(kind: str, stage: str, truth: dict, chunk_mb: float, workers: int, res: dict) -> str:
+def _row(kind: str, stage: str, truth: dict, chunk_mb: float, res: dict) -> str:
     rep = res["report"]
     assert rep["valid_rows"] == truth["lines"] and rep["rejected"] == 0, rep
     assert rep["features_kept"] == truth["features"], (rep, truth)
     mb, sec = truth["bytes"] / 1e6, res["seconds"]
     peak, base = res["peak_rss"] / 2**20, res["rss_import"] / 2**20
-    worker_peak = res["worker_peak_rss"] / 2**10 if workers > 1 else 0.0
     return (
         f"| {kind} | {stage} | {mb:,.0f} | {truth['lines']:,} | {truth['features']:,} | "
-        f"{chunk_mb:g} | {workers} | {sec:.2f} | {mb / sec:,.0f} | {mb / sec / workers:,.0f} | "
-        f"{peak:,.0f} | {base:,.0f} | {peak - base:,.0f} | {worker_peak:,.0f} |"
+        f"{chunk_mb:g} | {sec:.2f} | {mb / sec:,.0f} | {peak:,.0f} | {base:,.0f} | "
+        f"{peak - base:,.0f} |"
     )
 
 
@@ -232,15 +233,24 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the written files")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--on-chunk", default=None, help="module:function run on every chunk (timed)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="parse processes")
+    ap.add_argument("--raw", default=None, help="raw folder: the whole path per worker count")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="with --raw")
+    ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # child of --raw
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child process mode
     ap.add_argument("--kind", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     chunk_bytes = int(args.chunk_mb * 2**20)
 
-    if args.measure:
-        res = measure(args.measure, args.kind, chunk_bytes, args.on_chunk, args.workers[0])
+    if args.run_one:
+        res = preprocess_folder.run_one(args.raw, args.run_one, args.workers[0], args.chunk_mb)
         print(json.dumps(res))
+        return
+    if args.raw:
+        print(machine())
+        preprocess_folder.scaling(Path(args.raw), args.workers, args.chunk_mb, args.workdir)
+        return
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.kind, chunk_bytes, args.on_chunk)))
         return
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
@@ -255,9 +265,8 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 truth = write_file(path, kind, int(size_mb * 1e6), args.seed)
                 t_write = time.perf_counter() - t0
-                for workers in args.workers:
-                    res = measure_in_subprocess(path, kind, chunk_bytes, args.on_chunk, workers)
-                    print(_row(kind, stage, truth, args.chunk_mb, workers, res), flush=True)
+                res = measure_in_subprocess(path, kind, chunk_bytes, args.on_chunk)
+                print(_row(kind, stage, truth, args.chunk_mb, res), flush=True)
                 print(f"(wrote {path.name} in {t_write:.1f} s)", file=sys.stderr)
                 if not args.keep:
                     path.unlink()

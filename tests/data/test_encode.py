@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rec_pipeline.data.batches import Jagged, SplitData
+from rec_pipeline.data.counting import count_training_ids
 from rec_pipeline.data.encode import (
     CommonIndex,
     SampleEncoding,
-    count_training_ids,
     encode_commons,
     encode_samples,
     split_train_rows,
@@ -161,10 +161,10 @@ def test_vocabulary_counts_training_split_only():
     valid = valid_group_mask(s.column("common_feature_index"), 0.3, 9)
     items = np.array([x[0] for x in s.column("id_205").to_pylist()])
     expect_k, expect_c = np.unique(items[~valid], return_counts=True)
-    assert np.array_equal(counter.keys["f0_205"], expect_k)
-    assert np.array_equal(counter.counts["f0_205"], expect_c)
+    assert np.array_equal(counter.field("f0_205")[0], expect_k)
+    assert np.array_equal(counter.field("f0_205")[1], expect_c)
     cvalid = valid_group_mask(c.column("common_feature_index"), 0.3, 9)
-    assert counter.counts["f1_101"].sum() == (~cvalid).sum()
+    assert counter.field("f1_101")[1].sum() == (~cvalid).sum()
 
 
 # --------------------------------------------------------------------------------- encoding

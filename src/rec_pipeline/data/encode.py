@@ -14,8 +14,10 @@ Python loops run over fields and shards, never rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rec_pipeline.data.sampling import KEEP_DRAW, negative_draws, valid_group_mask
-from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.data.shards import COMPRESSION, PartFile, ShardSet, staging_folder, write_part
 from rec_pipeline.data.stats import FieldStats, SplitStats
-from rec_pipeline.data.vocab import IdCounter, Vocabulary
+from rec_pipeline.data.vocab import Vocabulary
 from rec_pipeline.data.workers import ordered_map, worker_count
 
 SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
@@ -91,34 +93,6 @@ def _encode_fields(
         out[f"id_{f}"] = _list_array(offsets, idx, pa.int32())
         out[f"w_{f}"] = _list_array(w_offsets, weights.astype(np.float32), pa.float32())
     return out
-
-
-def count_training_ids(
-    samples: Iterable[pa.Table],
-    commons: Iterable[pa.Table],
-    skeleton: Sequence[str],
-    common: Sequence[str],
-    *,
-    valid_fraction: float,
-    seed: int,
-) -> IdCounter:
-    """Count raw ids of training-split rows only (validation groups excluded).
-
-    Skeleton ids are counted per impression; common ids once per training common record (a
-    record's features are one observation of its user, however many impressions point at it).
-    """
-    counter = IdCounter()
-    for table in samples:
-        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
-        table = table.filter(pa.array(train))
-        for f in skeleton:
-            counter.add(SKELETON_PREFIX + f, list_parts(table, f"id_{f}")[1])
-    for table in commons:
-        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
-        table = table.filter(pa.array(train))
-        for f in common:
-            counter.add(COMMON_PREFIX + f, list_parts(table, f"id_{f}")[1])
-    return counter
 
 
 class CommonIndex:
@@ -245,35 +219,53 @@ ENCODE_OUTPUTS = ("train_all", "valid", "test", "train_commons", "test_commons")
 
 
 @dataclass
-class _SampleContext:
-    """What encoding a chunk of sample rows needs; sent once to each worker process."""
+class _Context:
+    """What encoding a parsed shard needs; sent once to each worker process."""
 
     skeleton: Sequence[str]
+    common: Sequence[str]
     vocab: Vocabulary
     indexes: dict[str, CommonIndex]
     valid_fraction: float
     seed: int
+    staging: Path
+    compression: str
 
 
 @dataclass
 class _EncodedChunk:
-    """One parsed sample shard, encoded: tables per output split and their counts."""
+    """One parsed shard, encoded: a part file per output split and their counts (``file``:
+    the sample rows' fate, ``None`` for a commons shard)."""
 
-    tables: dict[str, pa.Table]
+    parts: dict[str, PartFile]
     stats: dict[str, SplitStats]
-    file: SampleEncoding
+    file: SampleEncoding | None
 
 
-def _encode_sample_chunk(ctx: _SampleContext, table: pa.Table, source: str, chunk: int):
-    """Encode a shard of the ``source`` file (train: split into train_all and valid, with the
-    sampling draws of chunk ``chunk``; test: as is), with counts of its own."""
-    enc = SampleEncoding(rows_in=table.num_rows)
-    out = _EncodedChunk({}, {}, enc)
+def _encode_chunk(ctx: _Context, path: str, source: str, kind: str, chunk: int) -> _EncodedChunk:
+    """Encode parsed shard ``chunk`` of the ``source`` split's ``kind`` (commons or samples),
+    writing each output split's rows to a part file in the staging folder.
+
+    Training samples are split into train_all (with the sampling draws of chunk ``chunk``) and
+    valid; test samples and commons are encoded as they are.
+    """
+    table = pq.read_table(path)
+    out = _EncodedChunk({}, {}, None)
+
+    def write(split: str, encoded: pa.Table) -> None:
+        name = ctx.staging / f"{split}-{chunk:06d}.parquet"
+        out.parts[split] = write_part(encoded, name, ctx.compression)
+
+    if kind == "commons":
+        st = out.stats[f"{source}_commons"] = SplitStats()
+        write(f"{source}_commons", encode_commons(table, ctx.common, ctx.vocab, st))
+        return out
+    enc = out.file = SampleEncoding(rows_in=table.num_rows)
 
     def encode(split: str, **kw) -> None:
         st = out.stats[split] = SplitStats()
         index = ctx.indexes[source]
-        out.tables[split] = encode_samples(table, ctx.skeleton, ctx.vocab, index, st, enc, **kw)
+        write(split, encode_samples(table, ctx.skeleton, ctx.vocab, index, st, enc, **kw))
 
     if source == "test":
         encode("test")
@@ -286,29 +278,26 @@ def _encode_sample_chunk(ctx: _SampleContext, table: pa.Table, source: str, chun
     return out
 
 
-_CONTEXT: _SampleContext | None = None  # a worker process's (see _encoded_chunks)
+_CONTEXT: _Context | None = None  # a worker process's (see _encoded_chunks)
 
 
-def _init_encoder(ctx: _SampleContext) -> None:
+def _init_encoder(ctx: _Context) -> None:
     global _CONTEXT
     _CONTEXT = ctx
 
 
-def _encode_shard_in_worker(path: str, source: str, chunk: int) -> _EncodedChunk:
-    return _encode_sample_chunk(_CONTEXT, pq.read_table(path), source, chunk)
+def _encode_chunk_in_worker(path: str, source: str, kind: str, chunk: int) -> _EncodedChunk:
+    return _encode_chunk(_CONTEXT, path, source, kind, chunk)
 
 
-def _encoded_chunks(
-    ctx: _SampleContext, shards: list, source: str, workers: int
-) -> Iterator[_EncodedChunk]:
-    """Every parsed shard of ``source``, encoded in shard order; with ``workers`` > 1 in that
-    many processes (only shard paths travel to them)."""
+def _encoded_chunks(ctx: _Context, tasks: list[tuple], workers: int) -> Iterator[_EncodedChunk]:
+    """Every task's shard encoded, in task order; with ``workers`` > 1 in that many processes
+    (only shard paths go to them, only part-file names and counts come back)."""
     if workers <= 1:
-        for chunk, path in enumerate(shards):
-            yield _encode_sample_chunk(ctx, pq.read_table(path), source, chunk)
+        for task in tasks:
+            yield _encode_chunk(ctx, *task)
         return
-    tasks = ((str(path), source, chunk) for chunk, path in enumerate(shards))
-    yield from ordered_map(_encode_shard_in_worker, tasks, workers, _init_encoder, (ctx,))
+    yield from ordered_map(_encode_chunk_in_worker, tasks, workers, _init_encoder, (ctx,))
 
 
 class _EncodePass:
@@ -324,12 +313,13 @@ class _EncodePass:
         self.empty = {o: commons if o.endswith("commons") else samples for o in ENCODE_OUTPUTS}
         self.empty["train_all"] = encoded_schema(skeleton, "samples", with_draw=True).empty_table()
 
-    def emit(self, **tables: pa.Table) -> tuple:
-        return (*[tables.get(o, self.empty[o]) for o in ENCODE_OUTPUTS], self.report())
+    def emit(self, parts: dict[str, PartFile]) -> tuple:
+        return (*[parts.get(o, self.empty[o]) for o in ENCODE_OUTPUTS], self.report())
 
     def add(self, done: _EncodedChunk, source: str) -> None:
-        """Count an encoded chunk of the ``source`` file in."""
-        self.files[f"{source}_file"].merge(done.file)
+        """Count an encoded chunk of the ``source`` split in."""
+        if done.file is not None:
+            self.files[f"{source}_file"].merge(done.file)
         for split, st in done.stats.items():
             self.stats[split].merge(st)
 
@@ -356,28 +346,48 @@ def encode_splits(
     *,
     valid_fraction: float,
     seed: int,
+    staging: Path,
     workers: int | str = 1,
+    compression: str = COMPRESSION,
 ) -> Iterator[tuple]:
     """Encode parsed shards (``parsed[train_samples|train_commons|test_samples|test_commons]``).
 
-    Splits train into train/valid by common record, looks ids up in ``vocab`` and yields, chunk
-    by chunk, one table per :data:`ENCODE_OUTPUTS` entry (empty where the chunk feeds none) and
-    the running report. Commons go first: the sample rows are joined to them as they are read.
-    The sample shards are encoded by ``workers`` processes when more than one (the same
-    tables, in the same order, and the same counts).
+    Splits train into train/valid by common record, looks ids up in ``vocab`` and yields, shard
+    by shard, one item per :data:`ENCODE_OUTPUTS` entry (the shard's part file, an empty table
+    where it feeds none) and the running report. Commons go first, then the sample rows, joined
+    to the commons through indexes built beforehand from the commons' keys alone. The shards are
+    encoded by ``workers`` processes when more than one, each writing its part files into a
+    fresh folder under ``staging`` (on the shard folders' filesystem, removed at the end: each
+    yielded part must be moved away before the next item is asked for); the rows, their order
+    and the counts are the same whatever the number.
     """
-    run = _EncodePass(skeleton, common, vocab)
-    for split in ("train", "test"):
-        for table in parsed[f"{split}_commons"].iter_tables():
-            run.indexes[split].extend(table.column(CFI))
-            out = encode_commons(table, common, vocab, run.stats[f"{split}_commons"])
-            yield run.emit(**{f"{split}_commons": out})
-    for index in run.indexes.values():
-        index.build()  # once here, not in every worker
-    ctx = _SampleContext(list(skeleton), vocab, run.indexes, valid_fraction, seed)
-    for source in ("train", "test"):
-        shards = parsed[f"{source}_samples"].files
-        n_workers = worker_count(workers, len(shards))
-        for done in _encoded_chunks(ctx, shards, source, n_workers):
-            run.add(done, source)
-            yield run.emit(**done.tables)
+    folder = staging_folder(staging, "encode-")
+    try:
+        run = _EncodePass(skeleton, common, vocab)
+        for split, index in run.indexes.items():
+            for path in parsed[f"{split}_commons"].files:
+                index.extend(pq.read_table(path, columns=[CFI]).column(CFI))
+            index.build()  # once here, not in every worker
+        ctx = _Context(
+            list(skeleton),
+            list(common),
+            vocab,
+            run.indexes,
+            valid_fraction,
+            seed,
+            folder,
+            compression,
+        )
+        tasks = [
+            (str(path), source, kind, chunk)
+            for kind in ("commons", "samples")
+            for source in ("train", "test")
+            for chunk, path in enumerate(parsed[f"{source}_{kind}"].files)
+        ]
+        for task, done in zip(
+            tasks, _encoded_chunks(ctx, tasks, worker_count(workers, len(tasks))), strict=True
+        ):
+            run.add(done, task[1])
+            yield run.emit(done.parts)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

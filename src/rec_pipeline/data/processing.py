@@ -13,13 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from rec_pipeline.config import DataConfig, VocabConfig
-from rec_pipeline.data.encode import ENCODE_OUTPUTS, count_training_ids, encode_splits
+from rec_pipeline.data.counting import count_training_shards
+from rec_pipeline.data.encode import ENCODE_OUTPUTS, encode_splits
 from rec_pipeline.data.metadata import DatasetMetadata, describe
 from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
 from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.sampling import sample_negatives
 from rec_pipeline.data.shards import ShardSet, ShardWriter
 from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
+
+# Where the worker processes write their part files before they are moved into place.
+STAGING = "_staging"
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class ProcessedData:
 
 
 def write_shards(folder: Path, names: Sequence[str], chunks: Iterable[tuple]) -> object:
-    """Write a generator node's yielded tables as shard folders ``folder/<name>``, as the catalog
-    does; returns the item that follows the tables in the last chunk (its report)."""
+    """Write a generator node's yielded tables (or move its part files) as shard folders
+    ``folder/<name>``, as the catalog does; returns the item that follows them in the last chunk
+    (its report)."""
     writers = [ShardWriter(Path(folder) / n) for n in names]
     for w in writers:
         w.reset()
@@ -57,17 +62,19 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     f, folder, seconds = data.fields, Path(folder), {}
     t0 = time.perf_counter()
     names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
-    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, data.workers)
+    staging = folder / STAGING
+    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, staging, data.workers)
     write_shards(folder, names, parse)
     parsed = {n: ShardSet(folder / f"parsed_{n}") for n in PARSE_OUTPUTS}
     seconds["parse"] = (t1 := time.perf_counter()) - t0
-    counter = count_training_ids(
-        parsed["train_samples"].iter_tables(),
-        parsed["train_commons"].iter_tables(),
+    counter = count_training_shards(
+        parsed["train_samples"],
+        parsed["train_commons"],
         f.skeleton,
         f.common,
         valid_fraction=data.valid_fraction,
         seed=data.seed,
+        workers=data.workers,
     )
     kw = dict(min_count=vocab.min_count, max_size=vocab.max_size, hash_buckets=vocab.hash_buckets)
     vocabularies = vocabulary_frame(counter, f.names(), **kw)
@@ -81,6 +88,7 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
         lookup,
         valid_fraction=data.valid_fraction,
         seed=data.seed,
+        staging=staging,
         workers=data.workers,
     )
     report = write_shards(folder, [f"encoded_{n}" for n in ENCODE_OUTPUTS], enc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,26 +18,59 @@ from rec_pipeline.data.hashing import splitmix64
 VOCAB_COLUMNS = ["field", "raw_id", "count", "index"]
 
 
-@dataclass
 class IdCounter:
-    """Streaming count of raw ids per field; memory grows with distinct ids, not rows."""
+    """Streaming count of raw ids per field; memory grows with distinct ids, not rows.
 
-    keys: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    Counts arrive as (distinct ids, counts) pairs, from :meth:`add` or from partial counters of
+    other processes (:meth:`merge`). A field's pairs wait until they hold as many entries as its
+    merged count and are then merged in one sort, so merging one pair per shard costs about
+    ``log(shards)`` sorts of the distinct ids, not one per shard.
+    """
+
+    def __init__(self) -> None:
+        self._merged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def add(self, name: str, ids: np.ndarray) -> None:
-        if ids.size == 0:
-            self.keys.setdefault(name, np.empty(0, np.int64))
-            self.counts.setdefault(name, np.empty(0, np.int64))
-            return
-        k, c = np.unique(ids, return_counts=True)
-        if name in self.keys and self.keys[name].size:
-            allk = np.concatenate([self.keys[name], k])
-            allc = np.concatenate([self.counts[name], c])
-            k, inv = np.unique(allk, return_inverse=True)
-            c = np.bincount(inv, weights=allc, minlength=len(k)).astype(np.int64)
-        self.keys[name] = k.astype(np.int64)
-        self.counts[name] = c.astype(np.int64)
+        """Count the raw ids ``ids`` of field ``name``."""
+        k, c = np.unique(np.asarray(ids, np.int64), return_counts=True)
+        self.add_counts(name, k, c.astype(np.int64))
+
+    def add_counts(self, name: str, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Add ``counts`` of the distinct raw ids ``keys`` of field ``name``."""
+        pending = self._pending.setdefault(name, [])
+        pending.append((keys, counts))
+        merged = self._merged.get(name, (np.empty(0, np.int64),))[0].size
+        if sum(k.size for k, _ in pending) >= max(merged, 1 << 16):
+            self._flush(name)
+
+    def merge(self, other: IdCounter) -> None:
+        """Add every count of ``other`` (another part of the same data)."""
+        for name in other.names:
+            self.add_counts(name, *other.field(name))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._pending)
+
+    def field(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct ids int64, their counts int64) of field ``name`` (empty if unseen)."""
+        if name not in self._pending:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        self._flush(name)
+        return self._merged[name]
+
+    def _flush(self, name: str) -> None:
+        parts = self._pending[name]
+        if name in self._merged:
+            parts = [self._merged[name], *parts]
+        keys = np.concatenate([k for k, _ in parts]).astype(np.int64, copy=False)
+        counts = np.concatenate([c for _, c in parts]).astype(np.int64, copy=False)
+        if len(parts) > 1:
+            keys, inverse = np.unique(keys, return_inverse=True)
+            counts = np.bincount(inverse, weights=counts, minlength=keys.size).astype(np.int64)
+        self._merged[name] = keys, counts
+        self._pending[name] = []
 
 
 def vocabulary_frame(
@@ -54,8 +86,7 @@ def vocabulary_frame(
     for name in fields:
         if name in hash_buckets:
             continue
-        k = counter.keys.get(name, np.empty(0, np.int64))
-        c = counter.counts.get(name, np.empty(0, np.int64))
+        k, c = counter.field(name)
         keep = c >= min_count
         k, c = k[keep], c[keep]
         order = np.lexsort((k, -c))  # most frequent first, ties by raw id: deterministic

@@ -8,7 +8,7 @@ from rec_pipeline.datasets.atomic_datasets import (
 )
 from rec_pipeline.datasets.checkpoint_dataset import TorchCheckpointDataset
 from rec_pipeline.datasets.raw_dataset import RawAliCCPDataset
-from rec_pipeline.datasets.shards_dataset import ParquetShardsDataset
+from rec_pipeline.datasets.shards_dataset import ParquetShardsDataset, StagingFolderDataset
 from rec_pipeline.datasets.training_state_dataset import TrainingStateDataset
 from rec_pipeline.datasets.versions_dataset import JSONVersionsDataset
 from rec_pipeline.train.state_store import TrainingStateStore
@@ -21,6 +21,7 @@ __all__ = [
     "JSONVersionsDataset",
     "ParquetShardsDataset",
     "RawAliCCPDataset",
+    "StagingFolderDataset",
     "TorchCheckpointDataset",
     "TrainingStateDataset",
     "TrainingStateStore",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import pickle
+
+import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pickle import PickleDataset
-from raw_files import write_raw
+from raw_files import write_many_raw, write_raw
 
 from rec_pipeline.config import Config
 from rec_pipeline.data.metadata import DatasetMetadata
-from rec_pipeline.datasets import ParquetShardsDataset, RawAliCCPDataset
+from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.datasets import ParquetShardsDataset, RawAliCCPDataset, StagingFolderDataset
 from rec_pipeline.pipelines.data_processing import create_pipeline, create_sampling_pipeline
 
 SHARDS = [
@@ -22,19 +26,21 @@ SHARDS = [
 KEPT = ("vocabularies", "encode_report", "parse_report")
 
 
-def _catalog(tmp_path, keep_prob: float) -> DataCatalog:
+def _catalog(tmp_path, keep_prob: float, raw=None, workers: int = 1) -> DataCatalog:
     params = Config().model_dump(by_alias=True)
-    params["data"]["source"] = "files"
+    params["data"].update(source="files", workers=workers, chunk_mb=1)
     params["vocab"]["min_count"] = 1
-    raw = tmp_path / "raw"
-    if not raw.exists():
-        write_raw(raw)
+    if raw is None:
+        raw = tmp_path / "raw"
+        if not raw.exists():
+            write_raw(raw)
     shards = {n: ParquetShardsDataset(path=str(tmp_path / n)) for n in SHARDS}
     # On disk, so that a later catalog (a rerun of sampling alone) finds them.
     kept = {n: PickleDataset(filepath=str(tmp_path / f"{n}.pkl")) for n in KEPT}
     return DataCatalog(
         {
             "raw_aliccp": RawAliCCPDataset(path=str(raw)),
+            "shard_staging": StagingFolderDataset(path=str(tmp_path / "staging")),
             **shards,
             **kept,
             "params:data": MemoryDataset(params["data"]),
@@ -72,3 +78,36 @@ def test_sampling_reruns_alone_on_the_encoded_rows(tmp_path):
         sampled.column("click").to_numpy() == 1
     ).sum()  # every click kept
     assert out["metadata"].load()["neg_keep_prob_train"] == 0.3
+
+
+@pytest.fixture(scope="module")
+def many_raw(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("many") / "raw"
+    write_many_raw(raw)
+    return raw
+
+
+def test_the_same_outputs_with_one_two_and_three_workers(tmp_path, many_raw):
+    """Workers write their part files and the shard datasets move them in: every shard folder
+    holds the same shards, rows and reports whatever the count."""
+    outputs = {}
+    for workers in (1, 2, 3):
+        folder = tmp_path / f"w{workers}"
+        out = SequentialRunner().run(create_pipeline(), _catalog(folder, 0.5, many_raw, workers))
+        reports = {n: pickle.loads((folder / f"{n}.pkl").read_bytes()) for n in KEPT}
+        reports["vocabularies"] = reports["vocabularies"].to_dict("list")
+        shards = {n: ShardSet(folder / n) for n in SHARDS}
+        outputs[workers] = (
+            {n: [f.name for f in s.files] for n, s in shards.items()},
+            {n: s.read() for n, s in shards.items()},
+            reports,
+            out["data_quality"].load(),
+        )
+        assert not any((folder / "staging").iterdir())  # no part file left behind
+    one = outputs[1]
+    assert len(one[0]["parsed_train_samples"]) >= 4  # the pools did run
+    assert one[1]["quarantine"].num_rows == 23 + 6  # bad lines in every chunk (train + test)
+    for workers in (2, 3):
+        names, tables, reports, quality = outputs[workers]
+        assert names == one[0] and reports == one[2] and quality == one[3]
+        assert all(tables[n].equals(one[1][n]) for n in SHARDS), workers

@@ -13,13 +13,17 @@ Modules
 :mod:`.format` constants (kinds, file names, field lists), :mod:`.schema` output schemas,
 :mod:`.report` counts and errors, :mod:`.parser` the file parser, built on :mod:`.scan`
 (structure), :mod:`.numbers` (number kernels), :mod:`.fields` (field lookup) and
-:mod:`.reference` (per-line reasons); :mod:`.writer` builds lines.
+:mod:`.reference` (per-line reasons); :mod:`.parts` runs it in worker processes that write
+Parquet part files; :mod:`.writer` builds lines.
 
 API
 ---
 * :class:`FileParser` ``(path, kind, fields, chunk_bytes)``: ``.chunks()`` yields one
   ``(rows, quarantine)`` pair of :class:`pyarrow.Table` per chunk of the file and keeps
   ``.report`` (a :class:`ParseReport`) up to date as the chunks are consumed.
+* :func:`write_parts` ``(parsers, staging, workers)`` does the same for several files in worker
+  processes, each writing a chunk's rows to a Parquet part file: it yields ``(parser index,
+  PartFile, quarantine)`` (:mod:`.parts`).
 * :func:`iter_parsed_chunks` is the same as a plain generator; pass ``report=ParseReport(...)``
   (or any report) to have each chunk's counts added into it.
 * :func:`parse_file` drives the chunks (calling ``on_chunk(rows, quarantine)`` for each), and
@@ -104,6 +108,7 @@ from rec_pipeline.data.aliccp.parser import (
     iter_parsed_chunks,
     parse_file,
 )
+from rec_pipeline.data.aliccp.parts import write_parts
 from rec_pipeline.data.aliccp.report import NoValidRowsError, ParseReport, ParseResult
 from rec_pipeline.data.aliccp.schema import QUARANTINE_SCHEMA, rows_schema
 
@@ -133,4 +138,5 @@ __all__ = [
     "iter_parsed_chunks",
     "parse_file",
     "rows_schema",
+    "write_parts",
 ]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rec_pipeline.data.aliccp.fields import FieldTable
 from rec_pipeline.data.aliccp.format import HEADER_COMMAS, SKELETON_KIND
@@ -41,7 +40,6 @@ from rec_pipeline.data.aliccp.schema import (
     check_kind,
     rows_schema,
 )
-from rec_pipeline.data.workers import ordered_map
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 QUARANTINE_LINE_CHARS = 2000
@@ -93,7 +91,9 @@ class FileParser:
     ``chunks()`` yields ``(rows, quarantine)`` per chunk (a chunk is about ``chunk_bytes`` of
     text, cut at a line end; its tables have one record batch per ~1 MB slice, so call
     ``combine_chunks()`` if contiguous arrays are needed) and adds each chunk's counts to
-    ``report`` (``last_chunk_report`` holds the latest chunk's alone). Iterate it once.
+    ``report`` (``last_chunk_report`` holds the latest chunk's alone); :func:`.parts.write_parts`
+    does the same with each chunk's rows written to a Parquet file, in worker processes if
+    asked. Iterate it once.
     """
 
     def __init__(
@@ -160,17 +160,16 @@ class FileParser:
                 carry = n - cut
                 buf[_PAD : _PAD + carry] = buf[_PAD + cut : _PAD + n].copy()
 
-    def chunks(self, workers: int = 1) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """``(rows, quarantine)`` per chunk, in file order. With ``workers`` > 1 the chunks are
-        parsed in that many processes (the tables and counts are the same as with one)."""
-        if self._started:
-            raise RuntimeError("FileParser.chunks() can be iterated only once")
-        self._started = True
-        if workers > 1:
-            yield from self._parallel_chunks(workers)
-            return
+    def chunks(self) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """``(rows, quarantine)`` per chunk, in file order, parsed in this process."""
+        self._start()
         for buf, n, n_file in self._regions():
             yield self._collect(self._parse_region(buf, n, n_file, self._next_line))
+
+    def _start(self) -> None:
+        if self._started:
+            raise RuntimeError("a FileParser can be iterated only once")
+        self._started = True
 
     def _parse_region(
         self, buf: np.ndarray, n: int, n_file: int, first_line: int
@@ -191,26 +190,6 @@ class FileParser:
         self.report.add(report)
         self.last_chunk_report = report
         return rows, quarantine
-
-    def _parallel_chunks(self, workers: int) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """Chunks parsed in ``workers`` processes, yielded in file order.
-
-        Only byte ranges travel to the workers (each reads its own range), so this process
-        does no more than cut the file at line ends and renumber the quarantined lines: a
-        worker numbers its lines from 1, and the count of its predecessors' lines is added
-        here.
-        """
-        init = (self.path, self.kind, self.fields, self.chunk_bytes)
-        ranges = _line_ranges(self.path, self.chunk_bytes)
-        lines_before = 0
-        i = QUARANTINE_SCHEMA.get_field_index("line_number")
-        for rows, quarantine, report in ordered_map(
-            _parse_range_in_worker, ranges, workers, _init_worker, init
-        ):
-            numbers = pc.add(quarantine.column(i), lines_before)
-            quarantine = quarantine.set_column(i, QUARANTINE_SCHEMA.field(i), numbers)
-            lines_before += report.lines
-            yield self._collect((rows, quarantine, report))
 
     def _parse_range(self, start: int, end: int) -> tuple[pa.Table, pa.Table, ParseReport]:
         """Parse the file's bytes [start, end) (whole lines), numbering its lines from 1."""
@@ -441,53 +420,6 @@ def _parse_features(b, u64, off, tok: _Tokens, py_int: PythonTokens):
     if bad_feat.any():
         bad_line[np.searchsorted(tok.feat_off, np.flatnonzero(bad_feat), side="right") - 1] = True
     return ids, values, bad_line
-
-
-_WORKER: FileParser | None = None  # the parser of a worker process (_parallel_chunks)
-
-
-def _init_worker(path, kind, fields, chunk_bytes) -> None:
-    global _WORKER
-    _WORKER = FileParser(path, kind, fields, chunk_bytes)
-
-
-def _parse_range_in_worker(start: int, end: int):
-    return _WORKER._parse_range(start, end)
-
-
-def _line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """The ``[start, end)`` byte ranges that :meth:`FileParser._regions` reads as regions.
-
-    The reader fills its buffer up to the next multiple of ``chunk_bytes`` of the file and cuts
-    just after the buffer's last '\\n' (reading on when there is none); the read that meets the
-    end of the file takes the rest. The same cuts make the same chunks, and so the same shards
-    and per-chunk sampling draws, whatever the number of workers.
-    """
-    size = path.stat().st_size
-    start, end = 0, chunk_bytes
-    with open(path, "rb") as fh:
-        while start < size:
-            if end > size:
-                yield start, size
-                return
-            last = _last_newline(fh, start, end)
-            if last >= 0:
-                yield start, last + 1
-                start = last + 1
-            end += chunk_bytes
-
-
-def _last_newline(fh, start: int, end: int, block: int = 1 << 16) -> int:
-    """File offset of the last '\\n' in [start, end), -1 when there is none."""
-    hi = end
-    while hi > start:
-        lo = max(start, hi - block)
-        fh.seek(lo)
-        hit = fh.read(hi - lo).rfind(b"\n")
-        if hit >= 0:
-            return lo + hit
-        hi = lo
-    return -1
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

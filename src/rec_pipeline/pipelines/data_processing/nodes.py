@@ -2,18 +2,22 @@
 
 Each node is one library call on its ``params:`` sections. The parse, encode and sampling nodes
 are generators: each yields one chunk per output and Kedro saves it, so memory stays at one chunk
-whatever the size of the input.
+whatever the size of the input. The parse and encode nodes' worker processes write their shards
+themselves, into ``shard_staging``; the chunk they yield is then the written file
+(a ``PartFile``), which the shard dataset moves into its folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from rec_pipeline.config import load_section
-from rec_pipeline.data.encode import count_training_ids, encode_splits
+from rec_pipeline.data.counting import count_training_shards
+from rec_pipeline.data.encode import encode_splits
 from rec_pipeline.data.metadata import describe
 from rec_pipeline.data.parsing import parse_raw_files
 from rec_pipeline.data.quality import data_quality_report
@@ -23,11 +27,11 @@ from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
 
 
-def parse_raw(raw_aliccp: RawFiles, data: dict[str, Any]) -> Iterator[tuple]:
+def parse_raw(raw_aliccp: RawFiles, shard_staging: Path, data: dict[str, Any]) -> Iterator[tuple]:
     """The four raw files as parsed shards, the quarantined lines and the parse report."""
     d = load_section("data", data)
-    fields, chunk = d.fields, d.chunk_mb << 20
-    yield from parse_raw_files(raw_aliccp, fields.skeleton, fields.common, chunk, d.workers)
+    f, chunk = d.fields, d.chunk_mb << 20
+    yield from parse_raw_files(raw_aliccp, f.skeleton, f.common, chunk, shard_staging, d.workers)
 
 
 def extract_planted_truth(raw_aliccp: RawFiles) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -44,13 +48,14 @@ def build_vocabularies(
 ) -> pd.DataFrame:
     """Per-field vocabularies from the training split only (validation groups excluded)."""
     d, v = load_section("data", data), load_section("vocab", vocab)
-    counter = count_training_ids(
-        parsed_train_samples.iter_tables(),
-        parsed_train_commons.iter_tables(),
+    counter = count_training_shards(
+        parsed_train_samples,
+        parsed_train_commons,
         d.fields.skeleton,
         d.fields.common,
         valid_fraction=d.valid_fraction,
         seed=d.seed,
+        workers=d.workers,
     )
     return vocabulary_frame(
         counter,
@@ -67,6 +72,7 @@ def encode_features(
     parsed_test_samples: ShardSet,
     parsed_test_commons: ShardSet,
     vocabularies: pd.DataFrame,
+    shard_staging: Path,
     data: dict[str, Any],
     vocab: dict[str, Any],
 ) -> Iterator[tuple]:
@@ -88,6 +94,7 @@ def encode_features(
         Vocabulary(vocabularies, v.hash_buckets),
         valid_fraction=d.valid_fraction,
         seed=d.seed,
+        staging=shard_staging,
         workers=d.workers,
     )
 

@@ -53,7 +53,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 parse_raw,
-                inputs=["raw_aliccp", "params:data"],
+                inputs=["raw_aliccp", "shard_staging", "params:data"],
                 outputs=[
                     "parsed_train_samples",
                     "parsed_train_commons",
@@ -83,7 +83,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 encode_features,
-                inputs=[*PARSED, "vocabularies", "params:data", "params:vocab"],
+                inputs=[*PARSED, "vocabularies", "shard_staging", "params:data", "params:vocab"],
                 outputs=[
                     "encoded_train_all",
                     "encoded_valid",

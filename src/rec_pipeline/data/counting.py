@@ -1,0 +1,95 @@
+"""Vocabulary counts: the raw ids of the training split's parsed rows, counted per field.
+
+Validation groups are left out (they must look unseen). Over shard folders the count runs shard
+by shard, in worker processes when asked: each sends back only its shard's distinct ids and
+their counts (a fraction of the rows), merged here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rec_pipeline.data.encode import CFI, COMMON_PREFIX, SKELETON_PREFIX, list_parts
+from rec_pipeline.data.sampling import valid_group_mask
+from rec_pipeline.data.shards import ShardSet
+from rec_pipeline.data.vocab import IdCounter
+from rec_pipeline.data.workers import ordered_map, worker_count
+
+
+def count_training_ids(
+    samples: Iterable[pa.Table],
+    commons: Iterable[pa.Table],
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    *,
+    valid_fraction: float,
+    seed: int,
+) -> IdCounter:
+    """Count raw ids of training-split rows only (validation groups excluded).
+
+    Skeleton ids are counted per impression; common ids once per training common record (a
+    record's features are one observation of its user, however many impressions point at it).
+    """
+    counter = IdCounter()
+    for table in samples:
+        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
+        table = table.filter(pa.array(train))
+        for f in skeleton:
+            counter.add(SKELETON_PREFIX + f, list_parts(table, f"id_{f}")[1])
+    for table in commons:
+        train = ~valid_group_mask(table.column(CFI), valid_fraction, seed)
+        table = table.filter(pa.array(train))
+        for f in common:
+            counter.add(COMMON_PREFIX + f, list_parts(table, f"id_{f}")[1])
+    return counter
+
+
+def count_training_shards(
+    samples: ShardSet,
+    commons: ShardSet,
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    *,
+    valid_fraction: float,
+    seed: int,
+    workers: int | str = 1,
+) -> IdCounter:
+    """:func:`count_training_ids` of parsed shard folders, shard by shard; with ``workers`` > 1
+    in that many processes, each counting whole shards and sending back its distinct ids and
+    their counts, which are merged here (the counts are the same whatever the number)."""
+    count = (list(skeleton), list(common), valid_fraction, seed)
+    tasks = [(str(p), "samples") for p in samples.files]
+    tasks += [(str(p), "commons") for p in commons.files]
+    n_workers = worker_count(workers, len(tasks))
+    if n_workers > 1:
+        partials = ordered_map(_count_shard_in_worker, tasks, n_workers, _init_counter, count)
+    else:
+        partials = (_count_shard(count, *t) for t in tasks)
+    counter = IdCounter()
+    for partial in partials:
+        counter.merge(partial)
+    return counter
+
+
+def _count_shard(count: tuple, path: str, kind: str) -> IdCounter:
+    skeleton, common, valid_fraction, seed = count
+    table = [pq.read_table(path)]
+    samples, commons = (table, []) if kind == "samples" else ([], table)
+    return count_training_ids(
+        samples, commons, skeleton, common, valid_fraction=valid_fraction, seed=seed
+    )
+
+
+_COUNT: tuple | None = None  # a worker process's count_training_shards arguments
+
+
+def _init_counter(*count) -> None:
+    global _COUNT
+    _COUNT = count
+
+
+def _count_shard_in_worker(path: str, kind: str) -> IdCounter:
+    return _count_shard(_COUNT, path, kind)
