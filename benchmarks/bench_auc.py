@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.machine import cpu_model
 from rec_pipeline.metrics.auc import roc_auc
 
 TABLE_HEADER = (
@@ -46,13 +46,7 @@ def make_data(n: int, pos_rate: float, dtype: str, device: str, seed: int):
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {model}, {os.cpu_count()} cores"
+    return f"CPU {cpu_model()}, {os.cpu_count()} cores"
 
 
 def sync(device: str) -> None:

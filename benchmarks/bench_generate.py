@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -38,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import yaml
+
+from benchmarks.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = (
@@ -165,19 +163,6 @@ def row(env: str, res: dict) -> str:
         f"{mb / chunk_sec / workers:,.0f} | {res['cpu_seconds']:.1f} | "
         f"{res['worker_cpu_seconds']:.1f} | "
         f"{res['peak_rss'] / 2**20:,.0f} | {res['worker_peak_rss'] / 2**20:,.0f} |"
-    )
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"CPU {model} ({platform.machine()}), nproc {os.cpu_count()}; Python "
-        f"{platform.python_version()}, NumPy {np.__version__}, pyarrow {pa.__version__}"
     )
 
 

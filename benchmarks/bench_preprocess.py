@@ -36,8 +36,6 @@ import argparse
 import importlib
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks import preprocess_folder
+from benchmarks.machine import machine
 from rec_pipeline.data import aliccp
 from rec_pipeline.data.aliccp import writer
 
@@ -206,19 +205,6 @@ def _row(kind: str, stage: str, truth: dict, chunk_mb: float, res: dict) -> str:
         f"| {kind} | {stage} | {mb:,.0f} | {truth['lines']:,} | {truth['features']:,} | "
         f"{chunk_mb:g} | {sec:.2f} | {mb / sec:,.0f} | {peak:,.0f} | {base:,.0f} | "
         f"{peak - base:,.0f} |"
-    )
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"CPU {model} ({platform.machine()}), nproc {os.cpu_count()}; Python "
-        f"{platform.python_version()}, NumPy {np.__version__}, pyarrow {pa.__version__}"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kedro_project import deep_merge, encoded
+from nan_losses import nan_loss_ctr
 
 import rec_pipeline.train.graph_step as graph_step
 from rec_pipeline.config import ConfigError, load_config
@@ -37,16 +38,9 @@ def _trainer(data, mode: str, **runtime) -> Trainer:
 
 def _poison(monkeypatch, steps: set[int]) -> None:
     """Make loss_ctr NaN at the given (0-based) steps of the static step."""
-    real = graph_step.compute_losses
-
-    def losses(*args, step, **kw):
-        res = real(*args, step=step, **kw)
-        if step in steps:
-            res.components["loss_ctr"] = res.components["loss_ctr"] * float("nan")
-            res.total = res.total + res.components["loss_ctr"]
-        return res
-
-    monkeypatch.setattr(graph_step, "compute_losses", losses)
+    monkeypatch.setattr(
+        graph_step, "compute_losses", nan_loss_ctr(graph_step.compute_losses, steps)
+    )
 
 
 def test_graph_mode_trains_like_the_eager_step(data, one_thread):

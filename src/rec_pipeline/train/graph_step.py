@@ -36,7 +36,7 @@ import torch
 
 from rec_pipeline.data.batches import Batch, BatchPlan
 from rec_pipeline.data.static_batches import StaticBatches, full_batches, needed_sizes
-from rec_pipeline.train.losses import compute_losses
+from rec_pipeline.train.losses import compute_losses, focal_active
 from rec_pipeline.train.row_adam import RowAdam
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class GraphStep:
         if batch is not None or not self.capture:
             self._body(batch)
             return
-        key = self._focal_active()
+        key = focal_active(self.trainer.cfg, self.trainer.step)
         if self.graph is None or key != self.graph_key:
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
@@ -128,10 +128,6 @@ class GraphStep:
         log.info("Training step captured as a CUDA graph (%s).", self.batches.sizes)
 
     # ---------------------------------------------------------------------------------- step
-
-    def _focal_active(self) -> bool:
-        focal, step = self.trainer.cfg.loss.aux_focal, self.trainer.step
-        return bool(focal.enabled and step >= focal.warmup_steps)
 
     def _refresh_pos_weight(self) -> None:
         t = self.trainer

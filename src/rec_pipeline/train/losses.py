@@ -158,12 +158,18 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def focal_active(cfg: Config, step: int) -> bool:
+    """Whether the CTCVR aux-focal term is on at ``step`` (enabled and past its warm-up)."""
+    focal = cfg.loss.aux_focal
+    return bool(focal.enabled and step >= focal.warmup_steps)
+
+
 def _ctcvr_focal(
     log_p: Tensor, y_conv: Tensor, bce: Tensor, *, step: int, cfg: Config, zero: Tensor
 ) -> Tensor:
     """Mean focal-weighted CTCVR term ``[]``; ``zero`` when disabled or before its warm-up."""
     focal = cfg.loss.aux_focal
-    if not (focal.enabled and step >= focal.warmup_steps):
+    if not focal_active(cfg, step):
         return zero
     fw = focal_weight(
         log_p,
