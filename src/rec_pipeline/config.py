@@ -266,9 +266,16 @@ class EmbeddingConfig(_Model):
     # L2 penalty on the table rows a step reads (each distinct row once a step, so a frequent id
     # is pulled to 0 more often): the loss adds l2_reg * sum of their squares. 0: off.
     l2_reg: float = Field(1e-4, ge=0.0)
+    # Training only: per model field name (f0_205, f1_101), the probability of replacing an id
+    # by the field's out-of-vocabulary row 0, so that row learns what a user or item unseen in
+    # training looks like (rec_pipeline.train.oov_dropout). {}: off.
+    oov_dropout: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> EmbeddingConfig:
+        for name, rate in self.oov_dropout.items():
+            if not 0.0 <= float(rate) < 1.0:
+                raise _Inconsistent(f"embedding.oov_dropout.{name}", "a rate in [0, 1)", rate)
         if self.weight_channel == "scale" and self.mode != "mean":
             raise ValueError("weight_channel 'scale' needs mode 'mean' (a sum keeps the weights)")
         return self
@@ -706,6 +713,11 @@ class Config(_Model):
                 "false when optim.type is 'dense' (AdamW has no sparse mode)",
             )
         names = set(self.data.fields.names())
+        for name in self.embedding.oov_dropout:
+            if name not in names:
+                raise _Inconsistent(
+                    f"embedding.oov_dropout.{name}", f"a configured field name ({sorted(names)})"
+                )
         for key in ("embedding.embedding_dim_overrides", "vocab.max_size", "vocab.hash_buckets"):
             section, attr = key.split(".")
             for name, val in getattr(getattr(self, section), attr).items():

@@ -146,6 +146,7 @@ class GraphStep:
         if batch is None:
             batch = self.batches.next()
         self.last_batch = batch
+        batch = t.oov_dropout(batch)
         with autocast(t.device, t.amp_dtype, cache=False):
             out = t.model(batch)
         pw = {"ctr": self.pos_weight[0], "ctcvr": self.pos_weight[1]}

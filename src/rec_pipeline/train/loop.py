@@ -54,6 +54,7 @@ from rec_pipeline.train.evaluation import (
 )
 from rec_pipeline.train.graph_step import GraphStep
 from rec_pipeline.train.losses import PosWeights, compute_losses
+from rec_pipeline.train.oov_dropout import OOVDropout
 from rec_pipeline.train.optim import build_optimizers
 from rec_pipeline.train.schedules import (
     build_lr_schedulers,
@@ -303,6 +304,12 @@ class Trainer:
         elif self.state_store is not None:
             self.state_store.clear()  # states of an earlier run must not be resumed into this one
         self.param_counts = parameter_counts(self.model)
+        self.oov_dropout = OOVDropout(
+            cfg.embedding.oov_dropout,
+            self.meta.skeleton_fields,
+            self.meta.common_fields,
+            self.device,
+        )
         self.graph = GraphStep(self) if static else None
         self._graph_start = self.step  # the step count when the static step began
         self._log_plan()
@@ -591,6 +598,7 @@ class Trainer:
     def _train_step(self, batch) -> torch.Tensor | None:
         """One optimisation step; the stacked loss components, or None for a skipped batch."""
         cfg = self.cfg
+        batch = self.oov_dropout(batch)
         with autocast(self.device, self.amp_dtype):
             out = self.model(batch)
         self.pos_weights.observe(batch.click, batch.conversion)

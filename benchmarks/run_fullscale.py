@@ -1,0 +1,185 @@
+"""The whole chain at Ali-CCP's size, stage by stage, without Kedro: generate, parse, vocabularies,
+encode, sample, train, evaluate on every test row; one table of seconds, throughput and memory.
+
+    python -m benchmarks.run_fullscale --work /data/fullscale                 # conf/fullscale
+    python -m benchmarks.run_fullscale --work /tmp/fs10 --params \\
+        "synthetic.n_train_rows=4230000,synthetic.n_test_rows=4300000"        # a tenth of the rows
+
+It runs the library steps the Kedro nodes call (``write_synthetic``, ``process_folder``,
+``train.run.train``, ``train.run.evaluate_checkpoint``) with the parameters of ``conf/base``
+merged key by key with ``conf/<env>`` and the ``--params`` overrides (dotted, values as YAML), so
+it runs where Kedro is not installed (a bare GPU image); ``kedro run --env=fullscale`` runs the
+same steps through the catalog. Each stage prints one JSON line when it ends; the table and
+``fullscale.json`` (in ``--work``) come at the end. Peak RSS is the largest of this process and
+of every worker it started (``ru_maxrss``); GPU memory is the training and evaluation peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from benchmarks.machine import machine
+from benchmarks.peers.ours import apply_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parameters(env: str, overrides: str) -> dict:
+    """conf/base merged key by key with conf/<env> (as the soft merge does), then overrides."""
+    out: dict = {}
+    for name in dict.fromkeys(["base", env]):
+        _merge(out, yaml.safe_load((ROOT / "conf" / name / "parameters.yml").read_text()) or {})
+    return apply_overrides(out, overrides)
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _peak_rss_mb() -> float:
+    """The largest resident set of this process and of its finished children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024  # Linux reports KiB
+
+
+def _gpu_peak_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
+
+
+class Stages:
+    """Times each stage and keeps one row per stage."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def run(self, name: str, fn, **measures):
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        row = {"stage": name, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+        for key, value in measures.items():
+            row[key] = value(result, seconds) if callable(value) else value
+        self.rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+        return result
+
+    def table(self) -> str:
+        lines = [
+            "| stage | seconds | throughput | peak RSS MB | GPU peak MiB |",
+            "|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            gpu = r.get("gpu_peak_mib")
+            lines.append(
+                f"| {r['stage']} | {r['seconds']:.1f} | {r.get('throughput', '')} | "
+                f"{r['peak_rss_mb']:,.0f} | {'-' if gpu is None else f'{gpu:,.0f}'} |"
+            )
+        total = sum(r["seconds"] for r in self.rows)
+        lines.append(f"| **whole chain** | **{total:.1f}** | | | |")
+        return "\n".join(lines)
+
+
+def main() -> None:
+    from rec_pipeline.config import load_config, load_section
+    from rec_pipeline.data.processing import process_folder
+    from rec_pipeline.data.raw import RawFiles
+    from rec_pipeline.data.synthetic import write_synthetic
+    from rec_pipeline.train.run import evaluate_checkpoint, train
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="fullscale", help="conf environment merged over conf/base")
+    ap.add_argument("--params", default="", help='dotted overrides, e.g. "runtime.epochs=1"')
+    ap.add_argument("--work", required=True, help="folder for the raw files and every artefact")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    params = parameters(args.env, args.params)
+    params["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})
+    cfg = load_config(params)  # every key checked before any work
+    work = Path(args.work)
+    raw, processed = work / "raw", work / "processed"
+    stages = Stages()
+    print(machine(), "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+
+    summary = stages.run(
+        "generate",
+        lambda: write_synthetic(raw, load_section("synthetic", params["synthetic"]).build()),
+        throughput=lambda _, s: f"{_folder_mb(raw) / s:,.0f} MB/s",
+    )
+    raw_mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
+    data = stages.run(
+        "parse + vocabularies + encode + sample",
+        lambda: process_folder(RawFiles(raw).check(), cfg.data, cfg.vocab, processed),
+        throughput=lambda _, s: f"{raw_mb / s:,.0f} MB/s of raw text",
+    )
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    result = stages.run(
+        "train",
+        lambda: train(
+            cfg,
+            data.metadata,
+            data.encoded("train"),
+            data.encoded("valid"),
+            data.encoded("train_commons"),
+        ),
+        throughput=lambda r, _: f"{r.summary['samples_per_s']:,.0f} samples/s",
+        gpu_peak_mib=lambda *_: _gpu_peak_mb(),
+    )
+    truth = pd.read_parquet(raw / "truth_test.parquet")
+    _, metrics = stages.run(
+        "evaluate (every test row)",
+        lambda: evaluate_checkpoint(
+            result.checkpoint,
+            "test",
+            data.encoded("test"),
+            data.encoded("test_commons"),
+            truth,
+            which="best",
+            settings=cfg.evaluation,
+            device=args.device,
+            with_predictions=False,
+        ),
+        throughput=lambda _, s: f"{len(truth) / s:,.0f} rows/s",
+        gpu_peak_mib=lambda *_: _gpu_peak_mb(),
+    )
+    report = {
+        "machine": machine(),
+        "params": args.params,
+        "stages": stages.rows,
+        "data_seconds": data.seconds,
+        "train_summary": {k: v for k, v in result.summary.items() if k != "best_metrics"},
+        "test": {
+            "auc_primary": metrics.get("auc_primary"),
+            "tasks": {t: (m["auc"], m.get("oracle_auc")) for t, m in metrics["tasks"].items()},
+        },
+        "rows": {"train": summary.splits["train"].rows, "test": summary.splits["test"].rows},
+    }
+    (work / "fullscale.json").write_text(json.dumps(report, indent=1, default=str))
+    print(stages.table())
+    tasks = report["test"]["tasks"]
+    print(
+        f"test auc_primary {report['test']['auc_primary']:.4f}; "
+        + ", ".join(f"{t} {a:.4f} (oracle {o:.4f})" for t, (a, o) in tasks.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
