@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from rec_pipeline.data import batches
 from rec_pipeline.data.batches import Jagged, SplitData
 from rec_pipeline.data.counting import count_training_ids
 from rec_pipeline.data.encode import (
@@ -227,8 +228,16 @@ def _row_values(table: pa.Table, fields: list[str], r: int):
     return ids, fl, w
 
 
-def test_jagged_interleave_matches_row_loop(tmp_path):
-    shards, _, table, _ = _encoded(tmp_path)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_jagged_interleave_matches_row_loop(tmp_path, threads, monkeypatch):
+    monkeypatch.setattr(batches, "LOAD_THREADS", threads)
+    _, _, table, _ = _encoded(tmp_path)
+    writer = ShardWriter(tmp_path / "pieces")
+    writer.reset()
+    for start in range(0, table.num_rows, 70):  # several shards, loaded by several threads
+        writer.write(table.slice(start, 70))
+    shards = ShardSet(tmp_path / "pieces")
+    assert len(shards.files) == 5
     jag, extra = Jagged.from_shards(shards, SK, extra=("sample_id",))
     assert np.array_equal(extra["sample_id"], table.column("sample_id").to_numpy())
     for r in range(table.num_rows):

@@ -47,7 +47,9 @@ def test_each_field_is_dropped_at_its_own_rate_and_others_never():
             dropped = (ids[sel] == 0).double().mean().item()
             rate = rates.get(name, 0.0)
             # Binomial: 5 standard deviations over ~13k draws.
-            assert dropped == pytest.approx(rate, abs=5 * (rate * (1 - rate) / int(sel.sum())) ** 0.5)
+            assert dropped == pytest.approx(
+                rate, abs=5 * (rate * (1 - rate) / int(sel.sum())) ** 0.5
+            )
             kept = ids[sel] != 0
             assert torch.equal(ids[sel][kept], before[sel][kept])
 
