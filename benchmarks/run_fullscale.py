@@ -23,18 +23,21 @@ import resource
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
 import yaml
 
 from benchmarks.machine import machine
-from benchmarks.peers.ours import apply_overrides
+
+# Nothing heavier at module level: the data stages' worker processes are spawned, and a spawned
+# process imports the main module first (torch alone costs each of them about a second, on every
+# pool of every stage).
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parameters(env: str, overrides: str) -> dict:
     """conf/base merged key by key with conf/<env> (as the soft merge does), then overrides."""
+    from benchmarks.peers.ours import apply_overrides
+
     out: dict = {}
     for name in dict.fromkeys(["base", env]):
         _merge(out, yaml.safe_load((ROOT / "conf" / name / "parameters.yml").read_text()) or {})
@@ -57,6 +60,8 @@ def _peak_rss_mb() -> float:
 
 
 def _gpu_peak_mb() -> float | None:
+    import torch
+
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
@@ -98,6 +103,9 @@ class Stages:
 
 
 def main() -> None:
+    import pandas as pd
+    import torch
+
     from rec_pipeline.config import load_config, load_section
     from rec_pipeline.data.processing import process_folder
     from rec_pipeline.data.raw import RawFiles
