@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.conf import parameters
 from benchmarks.machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +65,7 @@ def synthetic_params(env: str, overrides: str | None) -> dict[str, Any]:
     try:
         from kedro.config import OmegaConfigLoader
     except ImportError:
-        params = {}
-        for name in dict.fromkeys(["base", env]):
-            path = ROOT / "conf" / name / "parameters.yml"
-            params.update(yaml.safe_load(path.read_text()).get("synthetic") or {})
+        params = dict(parameters(env)["synthetic"])
     else:
         from rec_pipeline.settings import CONFIG_LOADER_ARGS
 

@@ -17,39 +17,17 @@ of every worker it started (``ru_maxrss``); GPU memory is the training and evalu
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import time
 from pathlib import Path
 
-import yaml
-
+from benchmarks.conf import parameters
 from benchmarks.machine import machine
 
 # Nothing heavier at module level: the data stages' worker processes are spawned, and a spawned
 # process imports the main module first (torch alone costs each of them about a second, on every
 # pool of every stage).
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def parameters(env: str, overrides: str) -> dict:
-    """conf/base merged key by key with conf/<env> (as the soft merge does), then overrides."""
-    from benchmarks.peers.ours import apply_overrides
-
-    out: dict = {}
-    for name in dict.fromkeys(["base", env]):
-        _merge(out, yaml.safe_load((ROOT / "conf" / name / "parameters.yml").read_text()) or {})
-    return apply_overrides(out, overrides)
-
-
-def _merge(into: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
 
 
 def _peak_rss_mb() -> float:

@@ -149,3 +149,11 @@ def test_head_settings_resolve_task_over_default_over_tower_defaults():
 def test_model_settings_that_contradict_each_other_fail_before_any_work(model, key):
     with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
         load_config({"model": model})
+
+
+@pytest.mark.parametrize("env", ["base", "aliccp", "world2", "fullscale"])
+def test_the_benchmarks_merge_conf_environments_as_kedro_does(env):
+    """benchmarks.conf.parameters (for machines without Kedro) = Kedro's soft merge."""
+    from benchmarks.conf import parameters
+
+    assert parameters(env) == env_parameters(env)
