@@ -121,8 +121,7 @@ class GraphStep:
         self.graph = None
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        self.trainer.opt.zero_grad()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph):  # the body sets the gradients to None first
             self._body(None)
         self.graph, self.graph_key = graph, key
         log.info("Training step captured as a CUDA graph (%s).", self.batches.sizes)
