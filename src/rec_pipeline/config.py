@@ -252,7 +252,7 @@ class SyntheticParams(_Model):
 
 
 class EmbeddingConfig(_Model):
-    default_embedding_dim: int = Field(8, gt=0)
+    default_embedding_dim: int = Field(12, gt=0)
     embedding_dim_overrides: dict[str, int] = Field(default_factory=dict)
     # Pooling of a bag: mean = sum(w*e)/sum(w), sum = sum(w*e). The source recipe writes "sum"
     # with a note that the pooling is actually the weighted mean; docs/model.md, Model reads it as mean.

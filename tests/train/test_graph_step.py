@@ -30,9 +30,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _trainer(data, mode: str, **runtime) -> Trainer:
+def _trainer(data, mode: str, batch_size: int | None = None, **runtime) -> Trainer:
     params, meta, train, valid = data
     over = {"runtime": {"device": "cpu", "step_mode": mode, **runtime}}
+    if batch_size is not None:
+        over["data"] = {"batch_size": batch_size}
     return Trainer(load_config(deep_merge(params, over)), meta, train, valid)
 
 
@@ -44,17 +46,36 @@ def _poison(monkeypatch, steps: set[int]) -> None:
 
 
 def test_graph_mode_trains_like_the_eager_step(data, one_thread):
-    # Two epochs (60 steps each at this size) with a short last batch: static and eager steps.
-    # Each trainer is built right before it trains: both draw the same dropout masks.
+    """Two epochs of 8 steps at batch 2,048 (7 static steps and a short eager one each, the
+    second epoch's plan loaded into the same buffers), against the eager step.
+
+    The two differ only in the order of float additions (fused against foreach AdamW, RowAdam
+    against SparseAdam), so their paths agree to rounding at first; Adam then amplifies it,
+    since a rounding-sized change in a near-zero gradient can turn a coordinate's step by a
+    whole learning rate. Hence the loss trajectory and the weights as a whole are compared, not
+    each coordinate. A wrong batch, update or schedule step moves them by orders of magnitude
+    more.
+    """
     runs, results = {}, {}
     for m in ("eager", "graph"):
-        runs[m] = _trainer(data, m, max_train_steps=70, valid_every=35, **QUIET)
+        runs[m] = _trainer(
+            data,
+            m,
+            batch_size=2048,
+            epochs=2,
+            log_every=1,
+            valid_every=8,
+            **QUIET,
+        )
         results[m] = runs[m].fit()
+    assert runs["graph"].step == 16 and runs["graph"].steps_per_epoch == 8
     eager, graph = (runs[m].model.state_dict() for m in ("eager", "graph"))
-    for name in eager:
-        torch.testing.assert_close(graph[name], eager[name], rtol=1e-4, atol=1e-5)
+    assert eager.keys() == graph.keys()
+    moved = sum(float((graph[k].double() - eager[k].double()).pow(2).sum()) for k in eager)
+    size = sum(float(eager[k].double().pow(2).sum()) for k in eager)
+    assert (moved / size) ** 0.5 < 5e-3
     a, b = (results[m].summary["best_metrics"]["auc_primary"] for m in ("eager", "graph"))
-    assert b == pytest.approx(a, abs=1e-4)
+    assert b == pytest.approx(a, abs=1e-3)
     train = {
         m: r.history.query("kind == 'train' and name != 'samples_per_s'")
         for m, r in results.items()
