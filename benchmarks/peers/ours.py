@@ -157,6 +157,12 @@ def run_ours(
         "encode_s": encode_s,
         "epochs": cfg.runtime.epochs,
         "best_step": res.summary.get("best_step"),
+        "train_summary": {k: v for k, v in res.summary.items() if k != "best_metrics"},
+        # Throughput of each log window (validation excluded), in order: the first holds the
+        # warm-up and any graph capture.
+        "window_samples_per_s": res.history.query("kind == 'train' and name == 'samples_per_s'")[
+            "value"
+        ].tolist(),
         "self_reported": {
             "auc_primary": metrics.get("auc_primary"),
             **{f"auc_{t}": v.get("auc") for t, v in metrics["tasks"].items()},

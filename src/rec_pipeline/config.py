@@ -753,8 +753,6 @@ class Config(_Model):
     def static_step_blockers(self) -> list[tuple[str, str, Any]]:
         """(key, what the static step needs, the value) for each setting it cannot run with."""
         rt, out = self.runtime, []
-        if rt.devices != 1:
-            out.append(("runtime.devices", "1", rt.devices))
         if rt.amp and rt.amp_dtype == "fp16":
             out.append(("runtime.amp_dtype", "'bf16' or 'auto'", "fp16"))
         if self.loss.pos_weight_dynamic:

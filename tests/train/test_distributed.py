@@ -4,7 +4,9 @@ mean, identical replicas after training, and a Kedro run on 2 ranks against 1.""
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -48,12 +50,60 @@ def test_gradient_exchange_is_the_mean_over_ranks():
     torch.testing.assert_close(table.double(), want_table, rtol=1e-6, atol=1e-6)
 
 
-def _replicas_worker(ranks, folder: str) -> list[float]:
+def _row_adam_worker(ranks, rows: int, steps: int) -> torch.Tensor:
+    """RowAdam with the static step's exchange, fed this rank's gradients for ``steps`` steps."""
+    from rec_pipeline.train.distributed import StaticExchange
+    from rec_pipeline.train.row_adam import RowAdam
+
+    table = torch.nn.Parameter(_start_table(rows))
+    opt = RowAdam([table], lr=0.05, l2=0.01)
+    opt.exchange = StaticExchange()
+    for step in range(steps):
+        idx, values = _step_grad(ranks.rank, step, rows)
+        table.grad = torch.sparse_coo_tensor(idx.unsqueeze(0), values, table.shape)
+        opt.step([(idx, torch.ones(len(idx), dtype=torch.float64))])
+    return table.detach().clone()
+
+
+def _start_table(rows: int) -> torch.Tensor:
+    return torch.randn(rows, COLS, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+def _step_grad(rank: int, step: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s lookups at ``step`` (lengths differ by rank) and their gradient rows."""
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    idx = torch.randint(0, rows, (7 + 5 * rank,), generator=g)  # duplicates on purpose
+    return idx, torch.randn(len(idx), COLS, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rows", [50, 5], ids=["per-lookup", "whole-table"])
+def test_row_adam_over_ranks_is_sparse_adam_on_the_mean_gradient(rows):
+    """Both layouts of RowAdam's exchange (50 rows: gathers of the lookups; 5 rows, fewer than
+    the ranks' lookups: a sum of the table buffer) against torch's SparseAdam in one process on
+    the two ranks' mean gradient, with the L2 term added to the touched rows by hand."""
+    steps = 3
+    got = launch(_row_adam_worker, 2, "cpu", rows, steps)
+    table = torch.nn.Parameter(_start_table(rows))
+    ref = torch.optim.SparseAdam([table], lr=0.05)
+    for step in range(steps):
+        parts = [_step_grad(r, step, rows) for r in range(2)]
+        idx = torch.cat([i for i, _ in parts])
+        grad = torch.sparse_coo_tensor(
+            idx.unsqueeze(0), torch.cat([v for _, v in parts]) / 2, table.shape
+        ).coalesce()
+        touched = grad.indices()[0]
+        rows_grad = grad.values() + 2 * 0.01 * table.detach()[touched]
+        table.grad = torch.sparse_coo_tensor(touched.unsqueeze(0), rows_grad, table.shape)
+        ref.step()
+    torch.testing.assert_close(got, table.detach(), rtol=1e-12, atol=1e-12)
+
+
+def _replicas_worker(ranks, folder: str, mode: str = "eager") -> list[float]:
     from torch.nn.utils import parameters_to_vector
 
     from rec_pipeline.train.loop import Trainer
 
-    cfg, meta, train, valid = _tiny_problem(f"{folder}/rank{ranks.rank}", ranks.device)
+    cfg, meta, train, valid = _tiny_problem(f"{folder}/rank{ranks.rank}", ranks.device, mode)
     trainer = Trainer(cfg, meta, train, valid if ranks.is_main else None, ranks=ranks)
     trainer.fit()
     vec = parameters_to_vector(trainer.model.parameters()).double()
@@ -62,7 +112,60 @@ def _replicas_worker(ranks, folder: str) -> list[float]:
     return [float(x) for s in sums for x in s]
 
 
-def _tiny_problem(tmp: str, device):
+def _nan_on_one_rank_worker(ranks, folder: str, on_nonfinite: str):
+    """The static step on two ranks where only rank 1's loss is NaN at step 2: (batches
+    skipped, the weights' sum and sum of squares on each rank), or rank 0's stop message."""
+    from nan_losses import nan_loss_ctr
+    from torch.nn.utils import parameters_to_vector
+
+    import rec_pipeline.train.graph_step as graph_step
+    from rec_pipeline.config import load_config
+    from rec_pipeline.train.loop import NonFiniteError, Trainer
+
+    if ranks.rank == 1:
+        graph_step.compute_losses = nan_loss_ctr(graph_step.compute_losses, {2})
+    cfg, meta, train, valid = _tiny_problem(f"{folder}/rank{ranks.rank}", ranks.device, "graph")
+    params = cfg.model_dump()
+    params["runtime"]["on_nonfinite"] = on_nonfinite
+    trainer = Trainer(
+        load_config(params), meta, train, valid if ranks.is_main else None, ranks=ranks
+    )
+    if on_nonfinite == "stop":  # four steps, then both ranks read the guard's record
+        gen = np.random.default_rng(0)
+        trainer.graph.load(
+            train.epoch_plan(32, shuffle=True, generator=gen, shard=(ranks.rank, 2)), 0
+        )
+        for _ in range(4):
+            trainer.graph.run()
+            trainer.step += 1
+        with pytest.raises(NonFiniteError) as exc:
+            trainer.graph.poll(0)
+        return str(exc.value)
+    trainer.fit()
+    vec = parameters_to_vector(trainer.model.parameters()).double()
+    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(ranks.world)]
+    dist.all_gather(sums, torch.stack([vec.sum(), (vec * vec).sum()]))
+    return trainer.nonfinite_skipped, [float(x) for s in sums for x in s]
+
+
+def test_static_step_skips_a_batch_on_every_rank_when_one_rank_goes_bad(tmp_path):
+    """One rank's NaN skips the step on every rank: no rank updates with it, and the
+    replicas stay identical."""
+    skipped, sums = launch(_nan_on_one_rank_worker, 2, "cpu", str(tmp_path), "skip_batch")
+    assert skipped == 1
+    assert sums[:2] == sums[2:]
+    assert all(map(math.isfinite, sums))
+
+
+def test_static_step_stops_every_rank_naming_the_culprit_of_any(tmp_path):
+    """The guard's flags are combined over the ranks: rank 0, whose own loss was finite, stops
+    at the same step and names rank 1's non-finite loss."""
+    message = launch(_nan_on_one_rank_worker, 2, "cpu", str(tmp_path), "stop")
+    assert "Non-finite values at step 3" in message
+    assert "loss loss_ctr" in message
+
+
+def _tiny_problem(tmp: str, device, mode: str = "eager"):
     """A small random split in the encoded layout, trained for a few steps."""
     import numpy as np
     import pyarrow as pa
@@ -104,15 +207,23 @@ def _tiny_problem(tmp: str, device):
     cfg = load_config(
         {
             "data": {"batch_size": 32, "fields": {"skeleton": ["205"], "common": ["101"]}},
-            "runtime": {"device": "cpu", "epochs": 1, "progress_bar": False, "log_every": 4},
+            "runtime": {
+                "device": "cpu",
+                "epochs": 1,
+                "progress_bar": False,
+                "log_every": 4,
+                "step_mode": mode,
+            },
         }
     )
     return cfg, meta, train, train
 
 
-def test_replicas_stay_identical(tmp_path):
-    """Every rank ends with the same weights: the tables exchange their touched rows."""
-    sums = launch(_replicas_worker, 2, "cpu", str(tmp_path))
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_replicas_stay_identical(tmp_path, mode):
+    """Every rank ends with the same weights: the tables exchange their touched rows (SparseAdam
+    in the eager step, RowAdam's exchange in the static one)."""
+    sums = launch(_replicas_worker, 2, "cpu", str(tmp_path), mode)
     assert sums[:2] == sums[2:]
 
 

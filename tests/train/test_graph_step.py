@@ -123,7 +123,6 @@ def test_skip_batch_skips_on_the_device_and_counts(data, monkeypatch):
 @pytest.mark.parametrize(
     ("over", "key"),
     [
-        ({"runtime": {"devices": 2}}, "runtime.devices"),
         ({"runtime": {"amp_dtype": "fp16"}}, "runtime.amp_dtype"),
         ({"loss": {"pos_weight_dynamic": True}}, "loss.pos_weight_dynamic"),
         (

@@ -42,6 +42,9 @@ class StaticSizes:
     sk_values: int
     cm_values: int
 
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.rows, self.sk_values, self.cm_values)
+
     def holds(self, other: StaticSizes) -> bool:
         return (
             self.rows == other.rows

@@ -118,6 +118,9 @@ def _entry(rank, world, device_type, port, folder, worker, args) -> None:
         logging.getLogger("rec_pipeline").setLevel(logging.WARNING)
     try:
         out = worker(Ranks(rank, world, device), *args)
+        # No rank tears the group down while a peer may still be inside its last collective
+        # (gloo aborts the peer's process then).
+        dist.barrier()
         if rank == 0:
             torch.save(out, Path(folder) / "rank0.pt")
     except BaseException:
@@ -142,12 +145,13 @@ class GradientExchange:
         self.world = dist.get_world_size()
 
     def all_reduce(self) -> None:
-        self._reduce_dense()
+        self.reduce_dense()
         for p in self.sparse:
             if p.grad is not None:
                 p.grad = self._reduce_rows(p.grad)
 
-    def _reduce_dense(self) -> None:
+    def reduce_dense(self) -> None:
+        """The dense gradients' mean over the ranks (one flat all-reduce; capturable)."""
         if not self.dense:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.dense]
@@ -166,6 +170,57 @@ class GradientExchange:
         idx_all, rows_all = gather_rows(idx, rows)
         total = torch.sparse_coo_tensor(idx_all.unsqueeze(0), rows_all / self.world, g.shape)
         return total.coalesce()
+
+
+class StaticExchange:
+    """The collectives of the static step (train/graph_step.py) with several ranks.
+
+    Inside a CUDA graph capture every shape is fixed and equal on all ranks (the static batch
+    slots are agreed by :meth:`agreed_max`), so gathers are plain all-gathers into one tensor and
+    nothing is read back to the host. Outside a capture (the CPU, warm-up steps, an epoch's
+    short last batch) lengths may differ between ranks and go through :func:`gather_rows`.
+    """
+
+    def __init__(self) -> None:
+        self.world = dist.get_world_size()
+
+    def agreed_max(self, values: Sequence[int], device: torch.device) -> list[int]:
+        """The elementwise maximum of ``values`` over the ranks (a host read; not capturable)."""
+        t = torch.tensor(list(values), dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [int(v) for v in t.tolist()]
+
+    def longest(self, n: int, device: torch.device) -> int:
+        """The largest ``n`` of any rank: ``n`` itself under capture, where it is equal."""
+        if _capturing(device):
+            return n
+        return self.agreed_max([n], device)[0]
+
+    def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor concatenated over the ranks in rank order (same dim 0 within a call)."""
+        if not _capturing(tensors[0].device):
+            return gather_rows(*tensors)
+        out = []
+        for t in tensors:
+            whole = t.new_empty((self.world * t.shape[0], *t.shape[1:]))
+            dist.all_gather_into_tensor(whole, t.contiguous())
+            out.append(whole)
+        return tuple(out)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks, in place."""
+        dist.all_reduce(t)
+        return t
+
+    def all_true(self, flags: torch.Tensor) -> torch.Tensor:
+        """Bool flags [K] true on every rank (one all-reduce of their minimum)."""
+        t = flags.to(torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t > 0
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

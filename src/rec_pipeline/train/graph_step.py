@@ -24,7 +24,13 @@ What makes it static:
 The graph is captured again (a few steps of eager warm-up only the first time) when the value
 slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
 warm-up (the loss's structure changes). Not supported (refused with the key named, by the
-config): fp16 loss scaling, several devices, ``loss.pos_weight_dynamic``.
+config): fp16 loss scaling, ``loss.pos_weight_dynamic``.
+
+With several ranks (``runtime.devices``) the collectives are part of the captured step: the
+ranks agree on one set of slot sizes per epoch, the dense gradients are averaged with one flat
+all-reduce, RowAdam exchanges only the rows the step touched
+(:class:`~rec_pipeline.train.distributed.StaticExchange`), and the guard's flags are combined
+over the ranks, so every rank skips or stops at the same step.
 """
 
 from __future__ import annotations
@@ -35,7 +41,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from rec_pipeline.data.batches import Batch, BatchPlan
-from rec_pipeline.data.static_batches import StaticBatches, full_batches, needed_sizes
+from rec_pipeline.data.static_batches import (
+    StaticBatches,
+    StaticSizes,
+    full_batches,
+    needed_sizes,
+)
+from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
 from rec_pipeline.train.row_adam import RowAdam
 
@@ -56,6 +68,9 @@ class GraphStep:
         self.trainer = t = trainer
         dev = t.device
         self.capture = dev.type == "cuda"
+        self.exchange = StaticExchange() if t.world > 1 else None
+        if isinstance(t.opt.sparse, RowAdam):
+            t.opt.sparse.exchange = self.exchange
         self.batches: StaticBatches | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: bool | None = None
@@ -83,6 +98,8 @@ class GraphStep:
         if n_full <= start:
             return n_full
         sizes = needed_sizes(plan, bs, n_full)
+        if self.exchange is not None:  # one shape on every rank: the collectives need it
+            sizes = StaticSizes(*self.exchange.agreed_max(sizes.as_tuple(), self.trainer.device))
         b = self.batches
         if b is None or b.n_full != n_full or not b.sizes.holds(sizes):
             if b is not None:
@@ -154,6 +171,8 @@ class GraphStep:
         )
         t.opt.zero_grad()
         res.total.backward()
+        if t.exchange is not None:
+            t.exchange.reduce_dense()
         lookups = t.model.embedding.lookups(batch)
         if isinstance(t.opt.sparse, RowAdam) and t.opt.sparse.l2 > 0:
             # The penalty's gradient is RowAdam's; its value joins the loss log here.
@@ -209,6 +228,8 @@ class GraphStep:
     def _guard(self, loss_names: list[str], values: torch.Tensor) -> torch.Tensor:
         """The step's ``ok`` (a device bool): apply the update. Records the first fatal step."""
         names, flag, fatal = self._flags(values)
+        if self.exchange is not None:  # every rank skips or stops at the same step
+            flag = self.exchange.all_true(flag)
         self.loss_names = loss_names
         self.flag_names = [f"loss {n}" for n in loss_names] + names
         if self.bad_flags is None:
@@ -228,7 +249,10 @@ class GraphStep:
         """The mean loss components of the steps since the last call (one host read)."""
         if self.window_sums is None:
             return None
-        read = torch.cat([self.window_sums, self.window_n.view(1)]).tolist()
+        read = torch.cat([self.window_sums, self.window_n.view(1)])
+        if self.exchange is not None:  # the mean over every rank's steps
+            self.exchange.sum_(read)
+        read = read.tolist()
         self.window_sums.zero_()
         self.window_n.zero_()
         *sums, n = read

@@ -322,7 +322,6 @@ class Trainer:
             return mode == "graph"
         return (
             self.device.type == "cuda"
-            and self.world == 1
             and self.amp_dtype != torch.float16
             and not cfg.static_step_blockers()
         )

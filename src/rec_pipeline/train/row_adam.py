@@ -29,6 +29,11 @@ alone, like SparseAdam leaves rows outside the coalesced gradient. Two additions
   :meth:`penalty` gives the penalty's value for the loss log.
 * ``found_inf`` (attribute, a 0-d float tensor, like the fused optimisers read it): when 1 the
   step changes nothing, not even the step count (the non-finite guard without a host read).
+* ``exchange`` (attribute, a :class:`~rec_pipeline.train.distributed.StaticExchange`, with
+  several ranks): the gradient becomes the mean over the ranks and the touched rows their union,
+  so every rank applies the same update. Only touched rows move: the per-lookup layout gathers
+  every rank's lookups and gradient entries (``N`` each), the whole-table layout (chosen when
+  the ranks' lookups together outnumber the table's rows) sums the ``[rows, C]`` buffer.
 
 Every op has a shape fixed by ``N``: no host synchronisation, capturable in a CUDA graph. The
 state (``step``, ``exp_avg``, ``exp_avg_sq``) has SparseAdam's keys and shapes, so a state saved
@@ -38,10 +43,14 @@ by either optimiser loads into the other.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from rec_pipeline.train.distributed import StaticExchange
 
 #: Passes over ``[N, C]`` (per lookup) and over ``[rows, C]`` (whole table) of the two layouts
 #: of the update, counted from their ops: which moves fewer bytes for a given N and table.
@@ -86,6 +95,7 @@ class RowAdam(Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
         self.l2 = float(l2)
         self.found_inf: Tensor | None = None
+        self.exchange: StaticExchange | None = None
         # Per table: the summed gradient and the real-lookup count of each row, zero between steps.
         self._grad_sum: dict[int, Tensor] = {}
         self._touches: dict[int, Tensor] = {}
@@ -147,23 +157,40 @@ class RowAdam(Optimizer):
     def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> None:
         state = self._state(p)
         grad_sum, touches = self._buffers(p)
-        if p.grad is not None:
-            if not p.grad.is_sparse:
-                raise ValueError("RowAdam needs sparse gradients (embedding.sparse_grad: true)")
-            # Uncoalesced: every lookup's entry, summed per row by index_add_ (no sort).
-            grad_sum.index_add_(0, p.grad._indices()[0], p.grad._values().to(grad_sum.dtype))
+        idx, vals = self._entries(p)
+        ex = self.exchange
+        # Same update, two layouts: per lookup (gathers and scatters of [N, C]) or over the
+        # whole table, masked (elementwise passes over [rows, C]); the cheaper one by bytes.
+        n = rows.shape[0] if ex is None else ex.longest(rows.shape[0], p.device) * ex.world
+        whole_table = p.shape[0] * TABLE_PASSES < n * LOOKUP_PASSES
+        if ex is not None:
+            vals = vals / ex.world  # the mean over the ranks, as the dense gradients
+            if not whole_table:
+                (idx, vals), (rows, mask) = ex.gather(idx, vals), ex.gather(rows, mask)
+        # Uncoalesced: every lookup's entry, summed per row by index_add_ (no sort).
+        grad_sum.index_add_(0, idx, vals.to(grad_sum.dtype))
         touches.index_add_(0, rows, mask)
+        if ex is not None and whole_table:
+            ex.sum_(grad_sum)
+            ex.sum_(touches)
         step = state["step"] + (1.0 if ok is None else ok)  # [] float
         b1, b2 = group["betas"]
         safe_step = step.clamp_min(1.0)
         size = group["lr"] * torch.sqrt(1.0 - b2**safe_step) / (1.0 - b1**safe_step)
-        # Same update, two layouts: per lookup (gathers and scatters of [N, C]) or over the
-        # whole table, masked (elementwise passes over [rows, C]); the cheaper one by bytes.
-        if p.shape[0] * TABLE_PASSES < rows.shape[0] * LOOKUP_PASSES:
+        if whole_table:
             self._update_table(p, state, grad_sum, touches, size, group["eps"], ok, (b1, b2))
         else:
             self._update_rows(p, state, grad_sum, touches, rows, size, group["eps"], ok, (b1, b2))
         state["step"].copy_(step)
+
+    @staticmethod
+    def _entries(p: Tensor) -> tuple[Tensor, Tensor]:
+        """The gradient's entries (rows [n], values [n, C]); empty when the table has none."""
+        if p.grad is None:
+            return torch.zeros(0, dtype=torch.int64, device=p.device), p.new_zeros((0, p.shape[1]))
+        if not p.grad.is_sparse:
+            raise ValueError("RowAdam needs sparse gradients (embedding.sparse_grad: true)")
+        return p.grad._indices()[0], p.grad._values()
 
     def _update_table(self, p, state, grad_sum, touches, size, eps, ok, betas) -> None:
         """The update as masked elementwise passes over the whole table ``[rows, C]``."""
