@@ -22,7 +22,6 @@ from pathlib import Path
 
 from benchmarks.conf import parameters
 
-
 #: Steps per throughput window: short enough for several windows at batch 16,384, long enough
 #: that the window's host read (the loss log) is a small part of it.
 LOG_EVERY = 20

@@ -10,6 +10,7 @@ rank applies the same update and the tables stay identical without ever moving w
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -127,6 +128,9 @@ def _entry(rank, world, device_type, port, folder, worker, args) -> None:
         (Path(folder) / f"rank{rank}.err").write_text(f"{time.time()}\n{traceback.format_exc()}")
         raise
     finally:
+        # Objects in reference cycles (a trainer and its step) may still hold a captured CUDA
+        # graph, and NCCL's communicator teardown waits for every graph that captured it.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -143,6 +143,12 @@ class GraphStep:
         self.graph, self.graph_key = graph, key
         log.info("Training step captured as a CUDA graph (%s).", self.batches.sizes)
 
+    def release(self) -> None:
+        """Free the captured graph now (the next static step captures it again)."""
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
+
     # ---------------------------------------------------------------------------------- step
 
     def _refresh_pos_weight(self) -> None:

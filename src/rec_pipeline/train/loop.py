@@ -458,6 +458,15 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- training
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            if self.graph is not None:
+                # A captured graph that holds collectives keeps their NCCL communicator alive:
+                # the process group could not be torn down while it exists.
+                self.graph.release()
+
+    def _fit(self) -> TrainResult:
         cfg, rt = self.cfg, self.cfg.runtime
         bar = tqdm(
             total=self.stop_step,
