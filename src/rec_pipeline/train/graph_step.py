@@ -68,7 +68,7 @@ class GraphStep:
         self.trainer = t = trainer
         dev = t.device
         self.capture = dev.type == "cuda"
-        self.exchange = StaticExchange() if t.world > 1 else None
+        self.exchange = StaticExchange() if t.ranks is not None else None
         if isinstance(t.opt.sparse, RowAdam):
             t.opt.sparse.exchange = self.exchange
         self.batches: StaticBatches | None = None

@@ -346,7 +346,7 @@ class Trainer:
     def _join_ranks(self, seed: int) -> GradientExchange | None:
         """With several ranks: one set of initial weights, dropout and gate noise of each rank's
         own, and the gradient exchange every step."""
-        if self.world == 1:
+        if self.ranks is None:
             return None
         broadcast_parameters(self.model)
         torch.manual_seed(seed + self.ranks.rank)
