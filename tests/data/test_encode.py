@@ -154,6 +154,34 @@ def test_negative_sampling_keeps_fraction_and_only_training_negatives():
     assert not np.array_equal(negative_draws(click, 3, 1), draws)
 
 
+def test_negative_sampling_in_workers_keeps_the_same_rows_and_report(tmp_path):
+    """Five shards sampled in two worker processes (part files moved into place) against the
+    same shards sampled in this process: identical rows in the same order, identical reports."""
+    rng = np.random.default_rng(4)
+    writer = ShardWriter(tmp_path / "train_all")
+    writer.reset()
+    for chunk in range(5):
+        t = parsed_samples(rng, 3_000, 300)
+        click = t.column("click").to_numpy()
+        writer.write(t.append_column("keep_draw", pa.array(negative_draws(click, 3, chunk))))
+    shards = ShardSet(tmp_path / "train_all")
+    outputs = {}
+    for workers in (1, 2):
+        out = ShardWriter(tmp_path / f"sampled_{workers}")
+        out.reset()
+        report = None
+        for rows, so_far in sample_negatives(
+            shards, 0.3, staging=tmp_path / "staging", workers=workers
+        ):
+            out.write(rows)  # a worker's part file is moved before the next one is asked for
+            report = so_far
+        outputs[workers] = (ShardSet(tmp_path / f"sampled_{workers}").read(), report)
+    (one, one_report), (two, two_report) = outputs[1], outputs[2]
+    assert two.equals(one) and two_report == one_report
+    assert one_report["rows_in"] == 15_000 and one.num_rows == one_report["kept"]["rows"]
+    assert not list((tmp_path / "staging").iterdir())  # the workers' folder is gone
+
+
 def test_vocabulary_counts_training_split_only():
     rng = np.random.default_rng(2)
     s = parsed_samples(rng, 5_000, 500)

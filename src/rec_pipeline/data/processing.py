@@ -107,10 +107,11 @@ def process_folder(
     if not (folder / "encode_report.json").exists():
         seconds = encode_folder(raw, data, vocab, folder)
     t0 = time.perf_counter()
-    train_all = ShardSet(folder / "encoded_train_all").iter_tables()
-    sampling = write_shards(
-        folder / "sampled", ["encoded_train"], sample_negatives(train_all, data.neg_keep_prob_train)
+    train_all = ShardSet(folder / "encoded_train_all")
+    sampled = sample_negatives(
+        train_all, data.neg_keep_prob_train, staging=folder / STAGING, workers=data.workers
     )
+    sampling = write_shards(folder / "sampled", ["encoded_train"], sampled)
     seconds["sampling"] = time.perf_counter() - t0
     vocabularies = pd.read_parquet(folder / "vocabularies.parquet")
     report = json.loads((folder / "encode_report.json").read_text())

@@ -5,14 +5,20 @@ Both are pure functions of their inputs and a seed, so a rerun reproduces the sa
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from rec_pipeline.data.shards import COMPRESSION, PartFile, ShardSet, staging_folder, write_part
 from rec_pipeline.data.stats import SplitStats
+from rec_pipeline.data.workers import ordered_map, worker_count
 
 # Column of the unsampled training rows that holds each row's negative-sampling draw.
 KEEP_DRAW = "keep_draw"
@@ -63,23 +69,84 @@ def keep_mask(click: np.ndarray, draws: np.ndarray, keep_prob: float) -> np.ndar
     return (click != 0) | (draws < keep_prob)
 
 
+@dataclass
+class _ShardSample:
+    """One shard's kept rows (a table, or the part file a worker wrote) and its counts."""
+
+    rows: pa.Table | PartFile
+    counts: dict[str, int]
+    kept: SplitStats
+
+
+def _sample_table(table: pa.Table, keep_prob: float) -> tuple[pa.Table, dict[str, int], SplitStats]:
+    click = table.column("click").to_numpy()
+    keep = keep_mask(click, table.column(KEEP_DRAW).to_numpy(), keep_prob)
+    out = table.filter(pa.array(keep)).drop_columns([KEEP_DRAW])
+    kept = SplitStats()
+    kept.add_labels(out.column("click").to_numpy(), out.column("conversion").to_numpy())
+    counts = {
+        "rows_in": table.num_rows,
+        "negatives_seen": int((click == 0).sum()),
+        "negatives_kept": int(((click == 0) & keep).sum()),
+    }
+    return out, counts, kept
+
+
+def _sample_shard(path: str, keep_prob: float, staging: str, compression: str) -> _ShardSample:
+    """In a worker: sample shard ``path`` and write its kept rows to a part file in ``staging``."""
+    out, counts, kept = _sample_table(pq.read_table(path), keep_prob)
+    part = write_part(out, Path(staging) / f"sampled-{Path(path).stem}.parquet", compression)
+    return _ShardSample(part, counts, kept)
+
+
+def _no_setup() -> None:
+    """Sampling workers share nothing but their arguments."""
+
+
 def sample_negatives(
-    tables: Iterable[pa.Table], keep_prob: float
-) -> Iterator[tuple[pa.Table, dict]]:
+    shards: ShardSet | Iterable[pa.Table],
+    keep_prob: float,
+    *,
+    staging: Path | None = None,
+    workers: int | str = 1,
+    compression: str = COMPRESSION,
+) -> Iterator[tuple[pa.Table | PartFile, dict]]:
     """Negative sampling of encoded training shards (with their :data:`KEEP_DRAW` column).
 
     Yields each shard's kept rows, in order and without the draw column, and the running
     report: the keep probability, rows and negatives seen and kept, and the kept rows' labels.
+    With a :class:`ShardSet`, a ``staging`` folder and ``workers`` > 1, shards are sampled in
+    that many processes that write their kept rows as part files themselves (only paths and
+    counts travel); the rows, their order and the report are the same whatever the number.
     """
+    if isinstance(shards, ShardSet):
+        files = shards.files
+        n = 1 if staging is None else worker_count(workers, len(files))
+        if n > 1:
+            yield from _sample_in_workers(files, keep_prob, Path(staging), n, compression)
+            return
+        shards = shards.iter_tables()
+    done = (_ShardSample(*_sample_table(t, keep_prob)) for t in shards)
+    yield from _with_report(done, keep_prob)
+
+
+def _sample_in_workers(files, keep_prob, staging, workers, compression):
+    folder = staging_folder(staging, "sample-")
+    try:
+        tasks = [(str(f), keep_prob, str(folder), compression) for f in files]
+        done = ordered_map(_sample_shard, tasks, workers, _no_setup, ())
+        yield from _with_report(done, keep_prob)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_report(done: Iterable[_ShardSample], keep_prob: float) -> Iterator[tuple]:
+    """Each shard's rows with the report of every shard so far."""
     kept = SplitStats()
     counts = {"rows_in": 0, "negatives_seen": 0, "negatives_kept": 0}
-    for table in tables:
-        click = table.column("click").to_numpy()
-        keep = keep_mask(click, table.column(KEEP_DRAW).to_numpy(), keep_prob)
-        out = table.filter(pa.array(keep)).drop_columns([KEEP_DRAW])
-        kept.add_labels(out.column("click").to_numpy(), out.column("conversion").to_numpy())
-        counts["rows_in"] += table.num_rows
-        counts["negatives_seen"] += int((click == 0).sum())
-        counts["negatives_kept"] += int(((click == 0) & keep).sum())
+    for shard in done:
+        kept.merge(shard.kept)
+        for k, v in shard.counts.items():
+            counts[k] += v
         labels = {k: v for k, v in kept.as_dict().items() if k != "fields"}
-        yield out, {"keep_prob": float(keep_prob), **counts, "kept": labels}
+        yield shard.rows, {"keep_prob": float(keep_prob), **counts, "kept": labels}

@@ -46,6 +46,7 @@ def _catalog(tmp_path, keep_prob: float, raw=None, workers: int = 1) -> DataCata
             "params:data": MemoryDataset(params["data"]),
             "params:vocab": MemoryDataset(params["vocab"]),
             "params:data.neg_keep_prob_train": MemoryDataset(keep_prob),
+            "params:data.workers": MemoryDataset(workers),
         }
     )
 

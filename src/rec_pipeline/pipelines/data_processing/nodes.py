@@ -99,13 +99,18 @@ def encode_features(
     )
 
 
-def sample_training_negatives(encoded_train_all: ShardSet, keep_prob: float) -> Iterator[tuple]:
-    """Keep every click and each training negative with probability ``keep_prob``.
+def sample_training_negatives(
+    encoded_train_all: ShardSet, shard_staging: Path, keep_prob: float, workers: int | str
+) -> Iterator[tuple]:
+    """Keep every click and each training negative with probability ``keep_prob``, shards in
+    ``workers`` processes (``data.workers``) that write their own part files.
 
     Rerun alone (``kedro run --pipeline=sampling --params data.neg_keep_prob_train=0.2``) to
     change the rate without parsing or encoding again.
     """
-    yield from sample_negatives(encoded_train_all.iter_tables(), float(keep_prob))
+    yield from sample_negatives(
+        encoded_train_all, float(keep_prob), staging=shard_staging, workers=workers
+    )
 
 
 def describe_dataset(

@@ -22,7 +22,12 @@ def create_sampling_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 sample_training_negatives,
-                inputs=["encoded_train_all", "params:data.neg_keep_prob_train"],
+                inputs=[
+                    "encoded_train_all",
+                    "shard_staging",
+                    "params:data.neg_keep_prob_train",
+                    "params:data.workers",
+                ],
                 outputs=["encoded_train", "sampling_report"],
                 name="sample_training_negatives",
             ),
