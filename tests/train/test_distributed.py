@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as dist
 from kedro_project import TRAINING, latest, run
 
+from rec_pipeline.train import distributed
 from rec_pipeline.train.distributed import GradientExchange, gather_rows, launch
 
 ROWS, COLS = 50, 3
@@ -249,6 +251,19 @@ def test_two_ranks_reach_the_test_aucs_of_one(project):
         assert two["tasks"][task]["auc"] == pytest.approx(one["tasks"][task]["auc"], abs=0.03)
     # Each training run saved one checkpoint version (the parent's, not one per rank).
     assert len(list((project / "data/06_models/model_checkpoint.pt").iterdir())) == 2
+
+
+def _stuck_teardown_worker(ranks) -> str:
+    """Finishes its work, then its group's teardown never returns (as NCCL's can)."""
+    dist.destroy_process_group = lambda: time.sleep(30)
+    return f"result of rank {ranks.rank}"
+
+
+def test_ranks_stuck_in_teardown_are_ended_and_the_result_returned(monkeypatch):
+    monkeypatch.setattr(distributed, "TEARDOWN_GRACE_S", 1.0)
+    t0 = time.monotonic()
+    assert launch(_stuck_teardown_worker, 2, "cpu") == "result of rank 0"
+    assert time.monotonic() - t0 < 20  # not the 30 s the teardown would take
 
 
 def _failing_worker(ranks) -> None:

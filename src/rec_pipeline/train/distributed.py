@@ -62,27 +62,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Seconds the ranks get to tear their group down and exit once every one of them has finished
+#: its work (rank 0's result is then already saved); after that they are terminated.
+TEARDOWN_GRACE_S = 60.0
+
+
 def launch(worker: Callable[..., Any], world: int, device_type: str, *args: Any) -> Any:
     """Run ``worker(ranks, *args)`` in ``world`` new processes; return rank 0's return value.
 
     A rank that raises ends the whole group (the others are terminated, no hang) and the error
-    is raised here with the failing rank's traceback.
+    is raised here with the failing rank's traceback. Ranks that finished their work but do not
+    exit within :data:`TEARDOWN_GRACE_S` (a communicator teardown that waits for ever) are
+    terminated with a warning, and the result is returned all the same.
     """
     port = free_port()
     # NVLink SHARP multicast stays off: the GPUs' multicast objects are not available to us.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     with tempfile.TemporaryDirectory(prefix="rec_pipeline_ranks_") as tmp:
+        folder = Path(tmp)
+        ranks = mp.start_processes(
+            _entry,
+            args=(world, device_type, port, tmp, worker, args),
+            nprocs=world,
+            join=False,
+            start_method="spawn",
+        )
         try:
-            mp.start_processes(
-                _entry,
-                args=(world, device_type, port, tmp, worker, args),
-                nprocs=world,
-                join=True,
-                start_method="spawn",
-            )
+            _join(ranks, folder, world)
         except ProcessException as exc:
-            raise RankFailedError(_first_failure(Path(tmp)) or str(exc)) from exc
-        return torch.load(Path(tmp) / "rank0.pt", map_location="cpu", weights_only=False)
+            raise RankFailedError(_first_failure(folder) or str(exc)) from exc
+        return torch.load(folder / "rank0.pt", map_location="cpu", weights_only=False)
+
+
+def _join(ranks: mp.ProcessContext, folder: Path, world: int) -> None:
+    """Wait for every rank to exit; terminate them once they all finished and the grace ran out."""
+    finished_at = None
+    while not ranks.join(timeout=1.0):
+        if finished_at is None:
+            if all((folder / f"rank{r}.done").exists() for r in range(world)):
+                finished_at = time.monotonic()
+        elif time.monotonic() - finished_at > TEARDOWN_GRACE_S:
+            log.warning(
+                "The ranks finished training but did not exit within %.0f s (their process "
+                "group's teardown did not return); terminating them. Rank 0's result is saved.",
+                TEARDOWN_GRACE_S,
+            )
+            for process in ranks.processes:
+                if process.is_alive():
+                    process.kill()
+            for process in ranks.processes:
+                process.join()
+            return
 
 
 class RankFailedError(RuntimeError):
@@ -124,6 +154,7 @@ def _entry(rank, world, device_type, port, folder, worker, args) -> None:
         dist.barrier()
         if rank == 0:
             torch.save(out, Path(folder) / "rank0.pt")
+        (Path(folder) / f"rank{rank}.done").touch()  # only the teardown is left
     except BaseException:
         (Path(folder) / f"rank{rank}.err").write_text(f"{time.time()}\n{traceback.format_exc()}")
         raise
