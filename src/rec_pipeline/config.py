@@ -629,7 +629,6 @@ class RuntimeConfig(_Model):
     auto_eval_ckpt: Literal["best", "last"] = "best"
     save_last: bool = True
     progress_bar: bool = True
-    # Rows per validation forward; null: evaluation.batch_size (or data.batch_size if larger).
     valid_batch_size: int | None = Field(None, gt=0)
 
     @field_validator("valid_every")

@@ -745,10 +745,7 @@ class Trainer:
             self.best = self._snapshot(fit_calibration(result.outputs), flat)
 
     def _valid_batch_size(self) -> int:
-        # Validation is the evaluation's fp32 forward: by default at its batch size too (a small
-        # batch leaves the GPU waiting for kernel launches).
-        rt, ev = self.cfg.runtime, self.cfg.evaluation
-        return rt.valid_batch_size or max(self.cfg.data.batch_size, ev.batch_size)
+        return self.cfg.runtime.valid_batch_size or max(self.cfg.data.batch_size, 8192)
 
     def _calibration(self) -> dict | None:
         """Platt parameters of the current weights on the validation split (None without one)."""
