@@ -253,6 +253,14 @@ def test_two_ranks_reach_the_test_aucs_of_one(project):
     assert len(list((project / "data/06_models/model_checkpoint.pt").iterdir())) == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_captured_step_in_a_one_rank_nccl_group_trains_and_ends(tmp_path):
+    """Every collective of the static step captured in the CUDA graph and replayed (a group of
+    one), and the group torn down: the run returns, its weights finite and the same on all."""
+    sums = launch(_replicas_worker, 1, "cuda", str(tmp_path), "graph")
+    assert all(map(math.isfinite, sums))
+
+
 def _stuck_teardown_worker(ranks) -> str:
     """Finishes its work, then its group's teardown never returns (as NCCL's can)."""
     dist.destroy_process_group = lambda: time.sleep(30)
@@ -264,6 +272,18 @@ def test_ranks_stuck_in_teardown_are_ended_and_the_result_returned(monkeypatch):
     t0 = time.monotonic()
     assert launch(_stuck_teardown_worker, 2, "cpu") == "result of rank 0"
     assert time.monotonic() - t0 < 20  # not the 30 s the teardown would take
+
+
+def _sleeping_worker(ranks) -> str:
+    time.sleep(2.5)
+    return "awake"
+
+
+def test_ranks_dump_their_stacks_when_asked(monkeypatch, capfd):
+    monkeypatch.setenv(distributed.DUMP_STACKS_ENV, "1")
+    assert launch(_sleeping_worker, 2, "cpu") == "awake"
+    err = capfd.readouterr().err
+    assert err.count("_sleeping_worker") >= 2  # each rank's stack, naming where it waits
 
 
 def _failing_worker(ranks) -> None:

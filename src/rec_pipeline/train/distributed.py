@@ -10,6 +10,7 @@ rank applies the same update and the tables stay identical without ever moving w
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -61,6 +62,10 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+#: Environment variable: when set, every rank writes its Python stacks to stderr once after
+#: that many seconds (to see where a run that does not return is waiting).
+DUMP_STACKS_ENV = "REC_PIPELINE_DUMP_STACKS_AFTER_S"
 
 #: Seconds the ranks get to tear their group down and exit once every one of them has finished
 #: its work (rank 0's result is then already saved); after that they are terminated.
@@ -133,6 +138,8 @@ def _first_failure(folder: Path) -> str | None:
 
 
 def _entry(rank, world, device_type, port, folder, worker, args) -> None:
+    if os.environ.get(DUMP_STACKS_ENV):
+        faulthandler.dump_traceback_later(float(os.environ[DUMP_STACKS_ENV]))
     if device_type == "cuda":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
