@@ -629,6 +629,8 @@ class RuntimeConfig(_Model):
     auto_eval_ckpt: Literal["best", "last"] = "best"
     save_last: bool = True
     progress_bar: bool = True
+    # Rows per validation forward; null: evaluation.batch_size on a GPU, 8,192 on a CPU (never
+    # below data.batch_size).
     valid_batch_size: int | None = Field(None, gt=0)
 
     @field_validator("valid_every")

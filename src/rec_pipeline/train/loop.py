@@ -745,7 +745,14 @@ class Trainer:
             self.best = self._snapshot(fit_calibration(result.outputs), flat)
 
     def _valid_batch_size(self) -> int:
-        return self.cfg.runtime.valid_batch_size or max(self.cfg.data.batch_size, 8192)
+        """``runtime.valid_batch_size``, else the evaluation's batch on a GPU (8,192 rows leave
+        it waiting for kernel launches: 2.8M rows/s against 10.1M at 65,536 on an H200) and
+        8,192 on a CPU (where 65,536 measured 45 % slower); never below the training batch."""
+        rt = self.cfg.runtime
+        if rt.valid_batch_size:
+            return rt.valid_batch_size
+        rows = self.cfg.evaluation.batch_size if self.device.type == "cuda" else 8192
+        return max(self.cfg.data.batch_size, rows)
 
     def _calibration(self) -> dict | None:
         """Platt parameters of the current weights on the validation split (None without one)."""
