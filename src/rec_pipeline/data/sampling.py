@@ -99,10 +99,6 @@ def _sample_shard(path: str, keep_prob: float, staging: str, compression: str) -
     return _ShardSample(part, counts, kept)
 
 
-def _no_setup() -> None:
-    """Sampling workers share nothing but their arguments."""
-
-
 def sample_negatives(
     shards: ShardSet | Iterable[pa.Table],
     keep_prob: float,
@@ -134,7 +130,7 @@ def _sample_in_workers(files, keep_prob, staging, workers, compression):
     folder = staging_folder(staging, "sample-")
     try:
         tasks = [(str(f), keep_prob, str(folder), compression) for f in files]
-        done = ordered_map(_sample_shard, tasks, workers, _no_setup, ())
+        done = ordered_map(_sample_shard, tasks, workers)
         yield from _with_report(done, keep_prob)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -26,15 +26,15 @@ def ordered_map(
     fn: Callable[..., R],
     args: Iterable[tuple],
     workers: int,
-    initializer: Callable[..., None],
-    initargs: tuple,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
 ) -> Iterator[R]:
     """``fn(*a)`` for each ``a`` of ``args``, in ``workers`` spawned processes, yielded in the
     order of ``args``.
 
     At most ``2 * workers`` calls are in flight, so memory stays bounded however long ``args``
     is. The processes are spawned, not forked: the caller may hold threads. ``initializer``
-    sets up each process once (with what every call shares, so only ``args`` travel).
+    (optional) sets up each process once (with what every call shares, so only ``args`` travel).
     """
     ctx = multiprocessing.get_context("spawn")
     pending: deque = deque()

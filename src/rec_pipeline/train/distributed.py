@@ -249,10 +249,9 @@ class StaticExchange:
             out.append(whole)
         return tuple(out)
 
-    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+    def sum_(self, t: torch.Tensor) -> None:
         """``t`` summed over the ranks, in place."""
         dist.all_reduce(t)
-        return t
 
     def all_true(self, flags: torch.Tensor) -> torch.Tensor:
         """Bool flags [K] true on every rank (one all-reduce of their minimum)."""
