@@ -115,6 +115,9 @@ def _measure(args, base: dict, meta, train: SplitData, bs: int, mode: str, devic
             "save_last": False,
         }
     )
+    # The aux-focal term on from the first step: the objective of most of a run, and no switch
+    # (a new capture, and with runtime.compile a second compilation) inside the timed steps.
+    p["loss"]["aux_focal"]["warmup_steps"] = 0
     p["optim"]["lr_scheduler"]["total_steps"] = total + 1
     p["optim"]["lr_scheduler"]["warmup_steps"] = 1
     cfg = load_config(p)

@@ -1,106 +1,147 @@
-"""Where a training step's time goes: per-phase timings and the profiler's top operators.
+"""Where the captured training step's kernels and device time go, phase by phase.
 
-    python -m benchmarks.profile_step --data-root data --device cuda --batch-size 4096
+    python -m benchmarks.profile_step --raw <raw folder> --work /tmp/prof --batch-sizes 1024 16384
+    python -m benchmarks.profile_step --data-root data --override runtime.compile=dense
 
-Phases are timed with a device synchronisation around each one (so they add up to more than an
-unsynchronised step), then 10 steps run under ``torch.profiler`` and the top operators by self
-CPU time and by device time are printed.
+The static step (``runtime.step_mode: graph``) replays the kernels its body launches, so the body
+is run eagerly under ``torch.profiler`` (after warm-up steps) and every device activity (kernel,
+memset, memcpy) is attributed to the step phase (``step.forward``, ``step.backward``, ...; the
+ranges :func:`rec_pipeline.train.graph_step.phase` opens) in which the host launched it. Printed
+per batch size: activities per step and device microseconds per step for each phase, and the
+busiest kernels of each. ``--json`` appends the figures as one line per batch size.
+
+Device time here is that of kernels run back to back from an eager host; in a graph replay the
+launch gaps shrink, so the per-phase device time is the floor the replay approaches.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import time
-from collections import defaultdict
+import json
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from benchmarks import encoded_data
+from benchmarks.bench_training import _load
+from benchmarks.peers.ours import apply_overrides
 from rec_pipeline.config import load_config
-from rec_pipeline.train.loop import Trainer, autocast
-from rec_pipeline.train.losses import compute_losses
+from rec_pipeline.train.graph_step import PHASE_PREFIX
+from rec_pipeline.train.loop import Trainer
+
+_DEVICE_TYPES = ("CUDA",)
+
+
+def attribute(events, steps: int) -> dict:
+    """Per phase: device activities and device microseconds per step, top kernels.
+
+    ``events``: the profiler's kineto events. A device activity belongs to the phase whose host
+    range holds the runtime call that launched it (matched by correlation id), or failing that
+    the operator it is linked to.
+    """
+    ranges, runtime, ops, device = [], {}, {}, []
+    for e in events:
+        name = e.name()
+        if e.device_type().name != "CPU":
+            # The GPU copies of host ranges (``step.*``, ``Optimizer.step#...``) are not work.
+            if "annotation" not in str(e.activity_type()).lower():
+                device.append(e)
+        elif name.startswith(PHASE_PREFIX):
+            ranges.append((e.start_ns(), e.end_ns(), name[len(PHASE_PREFIX) :]))
+        elif e.linked_correlation_id():
+            runtime[e.correlation_id()] = e.start_ns()
+        else:
+            ops.setdefault(e.correlation_id(), e.start_ns())
+    ranges.sort()
+
+    def phase_at(t: int) -> str:
+        found = "(outside the phases)"
+        for start, end, name in ranges:  # innermost wins: it starts later
+            if start <= t <= end:
+                found = name
+        return found
+
+    count: Counter = Counter()
+    micros: defaultdict = defaultdict(float)
+    kernels: defaultdict = defaultdict(Counter)
+    for e in device:
+        t = runtime.get(e.correlation_id(), ops.get(e.linked_correlation_id()))
+        name = phase_at(t) if t is not None else "(unlinked)"
+        count[name] += 1
+        micros[name] += e.duration_ns() / 1e3
+        kernels[name][e.name()[:80]] += 1
+    return {
+        name: {
+            "activities": count[name] / steps,
+            "device_us": micros[name] / steps,
+            "top": [[k, n / steps] for k, n in kernels[name].most_common(6)],
+        }
+        for name in sorted(count, key=lambda n: -count[n])
+    }
+
+
+def profile(trainer: Trainer, plan, steps: int, warmup: int) -> dict:
+    g = trainer.graph
+    g.load(plan, 0)
+    for _ in range(warmup):
+        g._body(None)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as prof:
+        for _ in range(steps):
+            g._body(None)
+        torch.cuda.synchronize()
+    return attribute(prof.profiler.kineto_results.events(), steps)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default="data")
+    ap.add_argument("--raw", default=None, help="process this raw folder instead (no Kedro)")
+    ap.add_argument("--work", default="/tmp/profile_step")
     ap.add_argument("--params", default="conf/base/parameters.yml")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--override", default="", help="comma-separated key=value (peers syntax)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 16384])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", default=None)
     args = ap.parse_args()
-
-    dev = torch.device(args.device)
-    meta, splits, _ = encoded_data.load(args.data_root, dev)
-    train = splits["train"]
-    p = copy.deepcopy(yaml.safe_load(Path(args.params).read_text()))
-    p["data"]["batch_size"] = args.batch_size
-    p["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})
-    cfg = load_config(p)
-    tr = Trainer(cfg, meta, train, None)
-    plan = train.plan(np.random.default_rng(0).permutation(len(train)), args.batch_size)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    phases: dict[str, float] = defaultdict(float)
-
-    def timed(name, fn):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        phases[name] += time.perf_counter() - t
-        return out
-
-    for i in range(args.steps + 10):
-        if i == 10:
-            phases.clear()
-        b = timed("gather", lambda i=i: train.planned_batch(plan, i % len(plan)))
-
-        def forward(b=b):
-            with autocast(dev, tr.amp_dtype):
-                return tr.model(b)
-
-        out = timed("forward", forward)
-        res = timed(
-            "losses",
-            lambda out=out, b=b, i=i: compute_losses(
-                out, b.click, b.conversion, step=i, cfg=tr.cfg, pos_weight=tr.pos_weights.current(i)
-            ),
+    dev = torch.device("cuda")
+    meta, train = _load(args, dev)
+    base = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.override)
+    for bs in args.batch_sizes:
+        p = copy.deepcopy(base)
+        p["data"]["batch_size"] = bs
+        p["runtime"].update(
+            {
+                "device": "cuda",
+                "step_mode": "graph",
+                "progress_bar": False,
+                "grad_diag_enabled": False,
+                "log_health_metrics": False,
+                "auto_eval": False,
+            }
         )
-        timed("zero_grad", tr.opt.zero_grad)
-        timed("backward", res.total.backward)
-        timed(
-            "clip",
-            lambda: torch.nn.utils.clip_grad_norm_(tr.opt.dense.param_groups[0]["params"], 2.0),
+        trainer = Trainer(load_config(p), meta, train, None)
+        plan = train.plan(np.random.default_rng(0).permutation(len(train)), bs)
+        phases = profile(trainer, plan, args.steps, args.warmup)
+        total_n = sum(v["activities"] for v in phases.values())
+        total_us = sum(v["device_us"] for v in phases.values())
+        print(
+            f"\nbatch {bs}: {total_n:.0f} device activities, {total_us:.0f} us device time a step"
         )
-        timed("dense_step", tr.opt.dense.step)
-        if tr.opt.sparse is not None:
-            timed("sparse_step", tr.opt.sparse.step)
-        timed("schedulers", tr.scheds.step)
-    total = sum(phases.values())
-    print(
-        f"\nbatch {args.batch_size}: {1e3 * total / args.steps:.2f} ms/step (synchronised phases)"
-    )
-    for k, v in phases.items():
-        print(f"  {k:12s} {1e3 * v / args.steps:8.3f} ms  {100 * v / total:5.1f} %")
-
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if dev.type == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        for i in range(10):
-            tr._train_step(train.planned_batch(plan, i % len(plan)))
-        sync()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=22))
-    if dev.type == "cuda":
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15))
+        for name, v in phases.items():
+            print(f"  {name:20s} {v['activities']:6.0f} {v['device_us']:9.1f} us")
+            for k, n in v["top"]:
+                print(f"      {n:5.0f} x {k}")
+        if args.json:
+            with open(args.json, "a") as fh:
+                row = {"batch": bs, "override": args.override, "activities": total_n}
+                fh.write(json.dumps({**row, "device_us": total_us, "phases": phases}) + "\n")
 
 
 if __name__ == "__main__":

@@ -623,6 +623,11 @@ class RuntimeConfig(_Model):
     # (train/graph_step.py, docs/scaling.md). auto: graph on one GPU when the settings allow
     # it (Config.static_step_blockers), eager otherwise.
     step_mode: Literal["auto", "eager", "graph"] = "auto"
+    # The captured step's objective (the model above the bag pooling, and the losses) through
+    # torch.compile, fused into fewer kernels (GPU only; docs/scaling.md). dense: compile it
+    # (an error if that fails). auto: compile where Triton is installed, and run it as written,
+    # with a warning, if compiling fails. off: as written.
+    compile: Literal["auto", "dense", "off"] = "auto"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True

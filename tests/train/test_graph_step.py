@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kedro_project import deep_merge, encoded
+from kedro_project import TRAINING, catalog, deep_merge, encoded
 from nan_losses import nan_loss_ctr
 
 import rec_pipeline.train.graph_step as graph_step
@@ -137,3 +137,85 @@ def test_skip_batch_skips_on_the_device_and_counts(data, monkeypatch):
 def test_what_the_graph_step_cannot_do_is_refused_by_key(over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(deep_merge({"runtime": {"step_mode": "graph"}}, over))
+
+
+def test_the_objective_traces_as_one_graph_with_the_same_values(data):
+    """``runtime.compile`` compiles GraphStep._objective: it must trace whole (no graph break,
+    or the fusion is lost) and compute what it computes as written, values and gradients."""
+    trainer = _trainer(data, "graph", batch_size=512, **QUIET)
+    step = trainer.graph
+    step.load(trainer.train_data.plan(torch.randperm(len(trainer.train_data)).numpy(), 512), 0)
+    batch = step.batches.next()
+    stacked = trainer.model.embedding.pool(batch).detach()
+    compiled = torch.compile(step._objective, fullgraph=True, backend="aot_eager")
+    runs = []
+    for fn in (step._objective, compiled):
+        torch.manual_seed(0)  # the same dropout masks
+        x = stacked.clone().requires_grad_()
+        total, names, values = fn(x, batch.click, batch.conversion, True)
+        total.backward()
+        runs.append((names, values.detach(), x.grad))
+    (names_a, values_a, grad_a), (names_b, values_b, grad_b) = runs
+    assert names_a == names_b and "loss_ctcvr_focal" in names_a
+    assert float(values_a[names_a.index("loss_ctcvr_focal")]) > 0  # focal=True reached it
+    torch.testing.assert_close(values_b, values_a, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project):
+    """``runtime.compile: dense`` on a GPU: the captured step with the inductor-compiled
+    objective follows the uncompiled one (bf16 autocast both; fused kernels round differently),
+    through the aux-focal term's switch (a second compilation, outside any capture)."""
+    from rec_pipeline.data.batches import load_splits
+
+    cat = catalog(encoded_project, TRAINING)
+    params, meta = cat.load("parameters"), cat.load("metadata")
+    results = {}
+    for mode in ("off", "dense"):
+        splits = load_splits(
+            meta,
+            {s: cat.load(f"encoded_{s}") for s in ("train", "valid")},
+            cat.load("encoded_train_commons"),
+            "cuda",
+        )
+        over = {
+            "runtime": {"device": "cuda", "step_mode": "graph", "compile": mode, "epochs": 2},
+            "data": {"batch_size": 1024},
+            "loss": {"aux_focal": {"enabled": True, "warmup_steps": 5}},
+        }
+        over["runtime"].update(QUIET, log_every=4)
+        cfg = load_config(deep_merge(params, over))
+        trainer = Trainer(cfg, meta, splits["train"], splits["valid"])
+        results[mode] = trainer.fit()
+        assert (trainer.graph.objective_fn is not None) == (mode == "dense")
+        assert trainer.step > 5  # past the switch
+    loss = {
+        m: r.history.query("kind == 'train' and name == 'loss_total'")["value"].to_numpy()
+        for m, r in results.items()
+    }
+    assert len(loss["off"]) == len(loss["dense"]) > 2
+    assert abs(loss["dense"][-1] - loss["off"][-1]) < 0.05 * abs(loss["off"][-1])
+    a, b = (results[m].summary["best_metrics"]["auc_primary"] for m in ("off", "dense"))
+    assert b == pytest.approx(a, abs=0.01)
+
+
+def _failing_compile(*args, **kw):
+    raise RuntimeError("no C compiler")
+
+
+@pytest.mark.parametrize("mode", ["auto", "dense"])
+def test_a_failed_compile_falls_back_under_auto_and_raises_under_dense(data, mode, caplog):
+    trainer = _trainer(data, "graph", batch_size=512, **QUIET)
+    step = trainer.graph
+    step.load(trainer.train_data.plan(torch.randperm(len(trainer.train_data)).numpy(), 512), 0)
+    step.compile_mode, step.objective_fn = mode, _failing_compile
+    if mode == "dense":
+        with pytest.raises(RuntimeError, match="no C compiler"):
+            step._warm_body()
+        return
+    step._warm_body()
+    assert step.objective_fn is None
+    assert int(step.batches.counter) == 1  # the failed step's batch was taken again, once
+    assert int(step.steps) == 1  # and one update was made
+    assert "compiling the training objective failed (RuntimeError: no C compiler)" in caplog.text

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rec_pipeline.train.compiling as compiling
 import rec_pipeline.train.row_adam as row_adam
 from rec_pipeline.train.row_adam import RowAdam
 
@@ -22,7 +23,7 @@ def _loss(table: torch.Tensor, rows: torch.Tensor, target: torch.Tensor) -> torc
     return ((looked - target) ** 2).sum()
 
 
-def _train(opt_kind: str, steps: int = 6, l2: float = 0.0, pad: int = 0):
+def _train(opt_kind: str, steps: int = 6, l2: float = 0.0, pad: int = 0, compile_: bool = False):
     gen = torch.Generator().manual_seed(0)
     start = torch.randn(ROWS, COLS, generator=gen, dtype=torch.float64)
     table = torch.nn.Parameter(start.clone())
@@ -30,6 +31,8 @@ def _train(opt_kind: str, steps: int = 6, l2: float = 0.0, pad: int = 0):
         opt = torch.optim.SparseAdam([table], lr=0.05, betas=(0.8, 0.9), eps=1e-8)
     else:
         opt = RowAdam([table], lr=0.05, betas=(0.8, 0.9), eps=1e-8, l2=l2)
+        if compile_:
+            opt.compile(fallback=False)
     for _ in range(steps):
         rows = _lookups(gen, 40)
         target = torch.randn(40, COLS, generator=gen, dtype=torch.float64)
@@ -118,3 +121,34 @@ def test_a_sparse_adam_state_loads_into_row_adam():
     _loss(table, torch.tensor([0]), torch.ones(1, COLS, dtype=torch.float64)).backward()
     opt.step([(torch.tensor([0]), torch.ones(1, dtype=torch.float64))])
     assert float(opt.state[table]["step"]) == 3.0
+
+
+@pytest.mark.parametrize("layout", ["rows", "table"])
+def test_compiled_row_adam_equals_sparse_adam(layout, monkeypatch):
+    """``RowAdam.compile`` (the captured step's runtime.compile): the traced update is the same
+    maths, padding and L2 included (traced whole, run unfused here; fused on a GPU)."""
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    monkeypatch.setattr(row_adam, "TABLE_PASSES", 10**9 if layout == "rows" else 0)
+    _, expected, _ = _train("sparse_adam", l2=0.01)
+    _, got, opt = _train("row_adam", l2=0.01, pad=7, compile_=True)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert opt._update_rows.__name__ == "call"  # the compiled wrapper ran
+
+
+def test_a_failed_compilation_runs_the_function_as_written_when_allowed(caplog):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    def add_one(x):
+        return x + 1
+
+    for fallback in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(compiling, "BACKEND", broken_backend)
+            fn = compiling.compiled(add_one, "add_one", fallback)
+        if not fallback:
+            with pytest.raises(Exception, match="no compiler here"):
+                fn(torch.zeros(3))
+            continue
+        assert fn(torch.zeros(3)).tolist() == [1.0, 1.0, 1.0]
+        assert "compiling add_one failed" in caplog.text

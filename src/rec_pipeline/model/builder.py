@@ -38,6 +38,9 @@ from .mmoe import MMoE, MMoEInputComposer
 
 ADAPTER_DROPOUT = 0.1
 
+#: :meth:`DeepFmMmoe.dense`'s result: logits, gates, logit_linear, fm_logit.
+DenseOut = tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor | None]
+
 
 @dataclass
 class ModelMeta:
@@ -273,8 +276,26 @@ class DeepFmMmoe(nn.Module):
         self.heads = nn.ModuleDict({task: _head(cfg, plan, task) for task in self.tasks})
 
     def forward(self, batch: BatchLike) -> ModelOutput:
+        stacked = self.embedding.pool(batch)  # [B, F, D + L (+ 1)]
+        logits, gates, logit_linear, fm_logit = self.dense(stacked)
+        return ModelOutput(
+            logits=logits,
+            gates=gates,
+            logit_linear=logit_linear if self.plan.return_parts else None,
+            fm_logit=fm_logit if self.plan.return_parts else None,
+            training=self.training,
+            embedding_l2=self.embedding.touched_rows_l2(batch),
+        )
+
+    def dense(self, stacked: Tensor) -> DenseOut:
+        """Everything above the bag pooling, from ``stacked [B, F, D + L (+ 1)]``: fixed shapes
+        for a fixed B and no data-dependent control flow, so it can be compiled as one piece.
+
+        Returns ``(logits {task: [B]}, gates {task: [B, E]}, logit_linear [B], fm_logit [B] |
+        None)``.
+        """
         plan = self.plan
-        emb = self.embedding(batch)
+        emb = self.embedding.split(stacked)
         dense_input = emb.dense_input  # [B, dense_dim]
         deep_h = self.deep(dense_input)  # [B, deep_out]
         fm_vec: Tensor | None = None
@@ -312,14 +333,7 @@ class DeepFmMmoe(nn.Module):
             if use_fm:
                 logit = logit + fm_logit.float()
             logits[task] = logit
-        return ModelOutput(
-            logits=logits,
-            gates=gates,
-            logit_linear=emb.logit_linear if plan.return_parts else None,
-            fm_logit=fm_logit if plan.return_parts else None,
-            training=self.training,
-            embedding_l2=emb.touched_l2,
-        )
+        return logits, gates, emb.logit_linear, fm_logit
 
     # ------------------------------------------------------------------------- parameter groups
 

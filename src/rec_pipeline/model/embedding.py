@@ -322,9 +322,13 @@ class FusedFieldEmbedding(nn.Module):
 
     def forward(self, batch: BatchLike) -> EmbeddingOutput:
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
+        return self.split(self.pool(batch), touched_l2=self.touched_rows_l2(batch))
+
+    def pool(self, batch: BatchLike) -> Tensor:
+        """The lookups and bag pooling of both sides: ``stacked [B, F, D + L (+ 1)]`` (columns as
+        in :meth:`_pool`). The only part of the forward with data-dependent (jagged) inputs."""
         n_rows = batch.cm_inverse.shape[0]  # B
         parts = []
-        l2 = self._touched_l2(batch) if self.touched_l2 and self.training else None
         if self.skeleton_table is not None:
             parts.append(
                 self._pool(
@@ -348,7 +352,12 @@ class FusedFieldEmbedding(nn.Module):
                 n_rows,  # U <= B bag-rows; see the module docstring
             )
             parts.append(common.index_select(0, batch.cm_inverse))  # [B, Fc, D + 1]
-        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, F, D + L (+1)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def split(self, stacked: Tensor, touched_l2: Tensor | None = None) -> EmbeddingOutput:
+        """``stacked [B, F, D + L (+ 1)]`` (from :meth:`pool`) -> the outputs: dense maths only,
+        fixed shapes for a fixed B (what a compiler may fuse with the layers above)."""
+        n_rows = stacked.shape[0]
         emb_stack = stacked[..., : self.dim]
         if not self.uniform_dims:
             emb_stack = emb_stack * self.dim_mask
@@ -369,7 +378,7 @@ class FusedFieldEmbedding(nn.Module):
             logit_linear=linear[:, 0],
             linear_terms=linear,
             values=values,
-            touched_l2=l2,
+            touched_l2=touched_l2,
         )
 
     def lookups(self, batch: BatchLike) -> list[tuple[Tensor, Tensor]]:
@@ -384,6 +393,10 @@ class FusedFieldEmbedding(nn.Module):
             if table is not None:
                 out.append((ids + row_offset[fields], (rows < n_rows).float()))
         return out
+
+    def touched_rows_l2(self, batch: BatchLike) -> Tensor | None:
+        """``EmbeddingOutput.touched_l2`` for ``batch`` (``None`` unless asked for, or in eval)."""
+        return self._touched_l2(batch) if self.touched_l2 and self.training else None
 
     def _touched_l2(self, batch: BatchLike) -> Tensor:
         """Sum of squares of the distinct rows the batch reads, over both tables.

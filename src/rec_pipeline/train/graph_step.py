@@ -36,9 +36,11 @@ over the ranks, so every rank skips or stops at the same step.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from rec_pipeline.data.batches import Batch, BatchPlan
 from rec_pipeline.data.static_batches import (
@@ -47,14 +49,27 @@ from rec_pipeline.data.static_batches import (
     full_batches,
     needed_sizes,
 )
+from rec_pipeline.model.builder import ModelOutput
+from rec_pipeline.train.compiling import triton_available
 from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
+from rec_pipeline.train.precision import autocast
 from rec_pipeline.train.row_adam import RowAdam
 
 if TYPE_CHECKING:
     from rec_pipeline.train.loop import Trainer
 
 log = logging.getLogger(__name__)
+
+#: Prefix of the step's profiler ranges (``step.forward``, ``step.backward``, ...): what
+#: ``benchmarks/profile_step.py`` counts kernels and device time by.
+PHASE_PREFIX = "step."
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """A named range of the step for the profiler (host-side only: nothing in a graph)."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
+
 
 #: Eager steps (on a side stream) before the first capture: lazy initialisation (optimiser
 #: state, library handles) must not happen inside a capture.
@@ -75,7 +90,17 @@ class GraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: bool | None = None
         self.warm = 0
+        self.warm_key: bool | None = None  # the aux-focal state of the warm-up steps
         self.last_batch: Batch | None = None
+        # The static steps' objective compiled (``runtime.compile``): static shapes, so one
+        # compilation per aux-focal state; the short last batch runs it as written.
+        self.compile_mode = t.cfg.runtime.compile
+        self.objective_fn = None
+        mode = self.compile_mode
+        if self.capture and (mode == "dense" or mode == "auto" and triton_available()):
+            self.objective_fn = torch.compile(self._objective, dynamic=False)
+            if isinstance(t.opt.sparse, RowAdam):
+                t.opt.sparse.compile(fallback=mode == "auto")
         self.pos_weight = torch.ones(2, device=dev)  # [ctr, ctcvr]
         self._pos_weight_host: tuple[float, float] | None = None
         self.steps = torch.zeros((), dtype=torch.int64, device=dev)  # steps run
@@ -105,6 +130,7 @@ class GraphStep:
             if b is not None:
                 log.info("Static batch slots grow to %s: the step is captured again.", sizes)
             self.graph = None  # its buffers are about to be replaced
+            self.warm = 0  # new shapes: compiled pieces compile again, outside a capture
             self.batches = StaticBatches(self.trainer.train_data, sizes, n_full)
         self.batches.load(plan, start)
         return n_full
@@ -122,17 +148,45 @@ class GraphStep:
             return
         key = focal_active(self.trainer.cfg, self.trainer.step)
         if self.graph is None or key != self.graph_key:
+            if key != self.warm_key:  # a new objective: compiled (if at all) outside a capture
+                self.warm, self.warm_key = 0, key
             if self.warm < WARMUP_STEPS:
                 self.warm += 1
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
+                start = time.perf_counter()
                 with torch.cuda.stream(side):
-                    self._body(None)
+                    self._warm_body()
                 torch.cuda.current_stream().wait_stream(side)
+                if self.warm == 1 and self.objective_fn is not None:
+                    log.info(
+                        "First static step, compiling the objective: %.1f s.",
+                        time.perf_counter() - start,
+                    )
                 return
             self._capture(key)
         self.graph.replay()
         self.last_batch = self.batches.current
+
+    def _warm_body(self) -> None:
+        """An eager static step; where the objective is compiled (its first calls).
+
+        With ``runtime.compile: auto`` a failure to compile is not fatal: the step gives its
+        batch back and runs again with the objective as written (a warning says why)."""
+        try:
+            self._body(None)
+        except Exception as err:
+            if self.objective_fn is None or self.compile_mode != "auto":
+                raise
+            log.warning(
+                "runtime.compile: auto: compiling the training objective failed (%s: %s); "
+                "it runs as written. Set runtime.compile: off to skip the attempt.",
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
+            self.objective_fn = None
+            self.batches.counter.sub_(1)  # the batch the failed step took
+            self._body(None)
 
     def _capture(self, key: bool) -> None:
         self.graph = None
@@ -162,45 +216,68 @@ class GraphStep:
 
     def _body(self, batch: Batch | None) -> None:
         """The step's device work; ``batch`` None takes the next static batch."""
-        from rec_pipeline.train.loop import autocast  # the loop imports this module
-
         t = self.trainer
-        if batch is None:
-            batch = self.batches.next()
-        self.last_batch = batch
-        batch = t.oov_dropout(batch)
+        static = batch is None
+        with phase("batch"):
+            if static:
+                batch = self.batches.next()
+            self.last_batch = batch
+            batch = t.oov_dropout(batch)
+        with phase("forward"):
+            with autocast(t.device, t.amp_dtype, cache=False):
+                stacked = t.model.embedding.pool(batch)  # [B, F, D + L (+ 1)]
+            objective = self.objective_fn if static and self.objective_fn else self._objective
+            total, names, values = objective(
+                stacked, batch.click, batch.conversion, focal_active(t.cfg, t.step)
+            )
+        with phase("backward"):
+            t.opt.zero_grad()
+            total.backward()
+        with phase("exchange"):
+            if t.exchange is not None:
+                t.exchange.reduce_dense()
+        with phase("guard"):
+            lookups = t.model.embedding.lookups(batch)
+            if isinstance(t.opt.sparse, RowAdam) and t.opt.sparse.l2 > 0:
+                # The penalty's gradient is RowAdam's; its value joins the loss log here.
+                penalty = t.opt.sparse.penalty(lookups).float().view(1)
+                names = [*names, "loss_embedding_l2"]
+                values = torch.cat([values[:1] + t.opt.sparse.l2 * penalty, values[1:], penalty])
+            ok = self._guard(names, values)
+            found_inf = (~ok).float()
+        with phase("clip"):
+            if t.cfg.runtime.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(t.clip_params, t.cfg.runtime.grad_clip_norm)
+        with phase("dense_optimizer"):
+            t.opt.dense.found_inf = found_inf
+            t.opt.dense.step()
+        with phase("sparse_optimizer"):
+            if isinstance(t.opt.sparse, RowAdam):
+                t.opt.sparse.found_inf = found_inf
+                t.opt.sparse.step(lookups)
+        with phase("loss_log"):
+            if self.window_sums is None:
+                self.window_sums = torch.zeros_like(values)
+                self.window_n = torch.zeros((), device=values.device)
+            self.window_sums.add_(torch.where(ok, values, torch.zeros_like(values)))
+            self.window_n.add_(ok.float())
+            self.steps.add_(1)
+
+    def _objective(
+        self, stacked: Tensor, click: Tensor, conversion: Tensor, focal: bool
+    ) -> tuple[Tensor, list[str], Tensor]:
+        """Everything between the bag pooling and the backward, with fixed shapes for a fixed B
+        (what ``runtime.compile`` fuses): the model's dense part under autocast, then the fp32
+        losses. ``stacked [B, F, D + L (+ 1)]``, labels ``[B]``; returns the total to
+        backpropagate, and the names and values ``[1 + C]`` of the total and its components."""
+        t = self.trainer
         with autocast(t.device, t.amp_dtype, cache=False):
-            out = t.model(batch)
+            logits, gates, _, _ = t.model.dense(stacked)
+        out = ModelOutput(logits=logits, gates=gates, training=t.model.training)
         pw = {"ctr": self.pos_weight[0], "ctcvr": self.pos_weight[1]}
-        res = compute_losses(
-            out, batch.click, batch.conversion, step=t.step, cfg=t.cfg, pos_weight=pw
-        )
-        t.opt.zero_grad()
-        res.total.backward()
-        if t.exchange is not None:
-            t.exchange.reduce_dense()
-        lookups = t.model.embedding.lookups(batch)
-        if isinstance(t.opt.sparse, RowAdam) and t.opt.sparse.l2 > 0:
-            # The penalty's gradient is RowAdam's; its value joins the loss log here.
-            penalty = t.opt.sparse.penalty(lookups)
-            res.components["loss_embedding_l2"] = penalty
-            res.total = res.total.detach() + t.opt.sparse.l2 * penalty
+        res = compute_losses(out, click, conversion, focal=focal, cfg=t.cfg, pos_weight=pw)
         names, values = res.stacked()
-        ok = self._guard(names, values)
-        found_inf = (~ok).float()
-        if t.cfg.runtime.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(t.clip_params, t.cfg.runtime.grad_clip_norm)
-        t.opt.dense.found_inf = found_inf
-        t.opt.dense.step()
-        if isinstance(t.opt.sparse, RowAdam):
-            t.opt.sparse.found_inf = found_inf
-            t.opt.sparse.step(lookups)
-        if self.window_sums is None:
-            self.window_sums = torch.zeros_like(values)
-            self.window_n = torch.zeros((), device=values.device)
-        self.window_sums.add_(torch.where(ok, values, torch.zeros_like(values)))
-        self.window_n.add_(ok.float())
-        self.steps.add_(1)
+        return res.total, names, values
 
     def _flags(self, values: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """(names, finite flags [K], which flags a skipped batch cannot excuse [K])."""

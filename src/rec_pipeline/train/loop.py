@@ -7,7 +7,6 @@ steps, two scheduler steps. Loss components are summed on the device and read ba
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -56,6 +55,7 @@ from rec_pipeline.train.graph_step import GraphStep
 from rec_pipeline.train.losses import PosWeights, compute_losses
 from rec_pipeline.train.oov_dropout import OOVDropout
 from rec_pipeline.train.optim import build_optimizers
+from rec_pipeline.train.precision import autocast, resolve_amp_dtype
 from rec_pipeline.train.schedules import (
     build_lr_schedulers,
     resolve_step_fractions,
@@ -94,25 +94,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda":
         log.warning("runtime.device is 'cuda' but no GPU is available: training on the CPU.")
     return torch.device("cpu")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None, *, cache: bool = True):
-    """bf16/fp16 autocast on CUDA when AMP is on; a no-op context otherwise. ``cache=False``
-    for a step captured in a CUDA graph (cast weights must not outlive the capture)."""
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=cache)
-
-
-def resolve_amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it (fp16 otherwise); no autocast on the CPU."""
-    if not cfg.runtime.amp or device.type != "cuda":
-        return None
-    if cfg.runtime.amp_dtype == "fp16":
-        return torch.float16
-    if cfg.runtime.amp_dtype == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 def model_meta_from_metadata(metadata: DatasetMetadata) -> ModelMeta:

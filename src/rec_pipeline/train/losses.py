@@ -165,11 +165,11 @@ def focal_active(cfg: Config, step: int) -> bool:
 
 
 def _ctcvr_focal(
-    log_p: Tensor, y_conv: Tensor, bce: Tensor, *, step: int, cfg: Config, zero: Tensor
+    log_p: Tensor, y_conv: Tensor, bce: Tensor, *, active: bool, cfg: Config, zero: Tensor
 ) -> Tensor:
-    """Mean focal-weighted CTCVR term ``[]``; ``zero`` when disabled or before its warm-up."""
+    """Mean focal-weighted CTCVR term ``[]``; ``zero`` unless ``active``."""
     focal = cfg.loss.aux_focal
-    if not focal_active(cfg, step):
+    if not active:
         return zero
     fw = focal_weight(
         log_p,
@@ -187,13 +187,14 @@ def esmm_losses(
     y_click: Tensor,
     y_conv: Tensor,
     *,
-    step: int,
+    focal: bool,
     cfg: Config,
     pos_weight: Mapping[str, float | Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``(total, components)`` of the ESMM objective; float labels ``[B]``, logits ``{task: [B]}``.
 
-    See :func:`compute_losses` for each component; ``total`` has no gate terms yet.
+    See :func:`compute_losses` for each component (``focal``: whether the aux-focal term is on);
+    ``total`` has no gate terms yet.
     """
     esmm = cfg.esmm
     zero = torch.zeros((), device=y_click.device)
@@ -204,7 +205,7 @@ def esmm_losses(
     log_p = ctcvr_log_prob(l_ctr, l_cvr, version=esmm.version, eps=esmm.eps)  # [B]
     bce = weighted_bce_from_log_prob(log_p, y_conv, pos_weight.get("ctcvr", 1.0))
     comps["loss_ctcvr_bce"] = bce.mean()
-    comps["loss_ctcvr_focal"] = _ctcvr_focal(log_p, y_conv, bce, step=step, cfg=cfg, zero=zero)
+    comps["loss_ctcvr_focal"] = _ctcvr_focal(log_p, y_conv, bce, active=focal, cfg=cfg, zero=zero)
     comps["loss_ctcvr"] = (
         comps["loss_ctcvr_bce"] + cfg.loss.aux_focal.lambda_ * comps["loss_ctcvr_focal"]
     )
@@ -277,7 +278,8 @@ def compute_losses(
     click: Tensor,
     conversion: Tensor,
     *,
-    step: int,
+    step: int | None = None,
+    focal: bool | None = None,
     cfg: Config,
     pos_weight: Mapping[str, float | Tensor],
 ) -> LossResult:
@@ -288,6 +290,8 @@ def compute_losses(
             ``training``).
         click, conversion: labels ``[B]`` (0/1).
         step: global optimisation step (for the aux-focal warm-up).
+        focal: whether the aux-focal term is on, instead of deriving it from ``step``
+            (:func:`focal_active`); one of the two is needed.
         cfg: the config.
         pos_weight: ``{"ctr": w, "ctcvr": w}`` from :meth:`PosWeights.current`.
 
@@ -314,8 +318,12 @@ def compute_losses(
     """
     y_click, y_conv = click.float(), conversion.float()
     if cfg.use_esmm:
+        if focal is None:
+            if step is None:
+                raise TypeError("compute_losses needs step or focal")
+            focal = focal_active(cfg, step)
         total, comps = esmm_losses(
-            out.logits, y_click, y_conv, step=step, cfg=cfg, pos_weight=pos_weight
+            out.logits, y_click, y_conv, focal=focal, cfg=cfg, pos_weight=pos_weight
         )
     else:
         total, comps = single_task_losses(

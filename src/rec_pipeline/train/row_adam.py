@@ -49,6 +49,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from rec_pipeline.train.compiling import compiled
+
 if TYPE_CHECKING:
     from rec_pipeline.train.distributed import StaticExchange
 
@@ -99,6 +101,15 @@ class RowAdam(Optimizer):
         # Per table: the summed gradient and the real-lookup count of each row, zero between steps.
         self._grad_sum: dict[int, Tensor] = {}
         self._touches: dict[int, Tensor] = {}
+
+    def compile(self, *, fallback: bool) -> None:
+        """Run :meth:`penalty` and the per-table updates through ``torch.compile``: their dozens
+        of small ops become a few fused kernels. Shapes are fixed by ``N`` and the table, so
+        each table and layout compiles once; call them outside a CUDA graph capture first.
+        ``fallback``: a compilation that fails warns and runs the method as written from then
+        on (nothing has run when a compilation fails), instead of raising."""
+        for name in ("penalty", "_update_rows", "_update_table"):
+            setattr(self, name, compiled(getattr(self, name), f"RowAdam.{name}", fallback))
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
