@@ -157,3 +157,16 @@ def test_the_benchmarks_merge_conf_environments_as_kedro_does(env):
     from benchmarks.conf import parameters
 
     assert parameters(env) == env_parameters(env)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("off", "off"), (False, "off"), (True, "dense"), ("auto", "auto")]
+)
+def test_runtime_compile_reads_yaml_booleans(given, expected):
+    """YAML reads an unquoted ``compile: off`` as false: it means off, not an error."""
+    assert load_config({"runtime": {"compile": given}}).runtime.compile == expected
+
+
+def test_a_wrong_runtime_compile_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"runtime\.compile.*'auto', 'dense' or 'off'"):
+        load_config({"runtime": {"compile": "fast"}})

@@ -638,6 +638,12 @@ class RuntimeConfig(_Model):
     # below data.batch_size).
     valid_batch_size: int | None = Field(None, gt=0)
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> Any:
+        # YAML reads an unquoted off / on as a boolean.
+        return {False: "off", True: "dense"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("valid_every")
     @classmethod
     def _valid_every(cls, v: float | None) -> float | None:
