@@ -170,3 +170,11 @@ def test_runtime_compile_reads_yaml_booleans(given, expected):
 def test_a_wrong_runtime_compile_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match=r"runtime\.compile.*'auto', 'dense' or 'off'"):
         load_config({"runtime": {"compile": "fast"}})
+
+
+def test_value_vectors_must_name_configured_fields():
+    with pytest.raises(ConfigError, match=r"embedding\.value_vectors.*f0_999"):
+        load_config({"embedding": {"value_vectors": ["f0_508", "f0_999"]}})
+    assert load_config({"embedding": {"value_vectors": ["f0_508"]}}).embedding.value_vectors == [
+        "f0_508"
+    ]

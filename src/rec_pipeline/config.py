@@ -261,6 +261,10 @@ class EmbeddingConfig(_Model):
     # pooling: none (the source's weighted mean), scale (mean of w*e over the bag's ids) or
     # dense (each bag's mean weight as a dense input per field). rec_pipeline.model.embedding.
     weight_channel: Literal["none", "scale", "dense"] = "dense"
+    # Model field names (f0_508, ...) whose value-scaled vector, the mean of w*e over the bag's
+    # ids, is also an input beside the pooled vector: with both, a linear layer can give each id
+    # its own intercept and its own slope in the value (docs/model.md, "Feature values"). []: off.
+    value_vectors: list[str] = Field(default_factory=list)
     sparse_grad: bool = True
     init_std: float = Field(0.01, gt=0.0)
     # L2 penalty on the table rows a step reads (each distinct row once a step, so a frequent id
@@ -726,6 +730,11 @@ class Config(_Model):
                 "false when optim.type is 'dense' (AdamW has no sparse mode)",
             )
         names = set(self.data.fields.names())
+        for name in self.embedding.value_vectors:
+            if name not in names:
+                raise _Inconsistent(
+                    "embedding.value_vectors", f"configured field names ({sorted(names)})", name
+                )
         for name in self.embedding.oov_dropout:
             if name not in names:
                 raise _Inconsistent(

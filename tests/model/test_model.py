@@ -261,6 +261,35 @@ def test_weight_channels_match_python_loop(mode, channel):
         assert out.values is None and out.dense_input is out.emb_concat
 
 
+@pytest.mark.parametrize(
+    ("mode", "channel"), [("mean", "dense"), ("mean", "none"), ("sum", "none")]
+)
+def test_value_vectors_are_the_mean_of_w_e_over_each_bag(mode, channel):
+    """``embedding.value_vectors``: for the listed fields, the mean of w_i e_i over the bag's
+    ids (against the Python loop), beside the unchanged pooling; in dense_input, last."""
+    sk, cm = ["a", "b", "c"], ["d", "e"]
+    vocab = {"a": 5, "b": 9, "c": 4, "d": 6, "e": 8}
+    dims = dict(zip(sk + cm, (4, 2, 3, 4, 1), strict=True))
+    kw = {"mode": mode, "weight_channel": channel, "sparse": False, "init_std": 0.5}
+    emb = FusedFieldEmbedding(sk, cm, vocab, dims, value_vectors=["d", "b"], **kw)
+    with torch.no_grad():
+        for t in emb.tables():
+            t.normal_()
+    batch = random_batch(ModelMeta(sk, cm, vocab), n=7, n_common=3, seed=3, empty_prob=0.3)
+    out = emb(batch)
+    ref, lin, _ = _reference_pool(emb, batch, mode, channel)
+    torch.testing.assert_close(out.emb_stack.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logit_linear.double(), lin, rtol=1e-5, atol=1e-6)
+    scaled, _, _ = _reference_pool(emb, batch, "mean", "scale")  # [B, F, D], masked to d_f
+    want = scaled[:, [3, 1]].flatten(1)  # d, then b: the listed order
+    torch.testing.assert_close(out.value_vectors.double(), want, rtol=1e-5, atol=1e-6)
+    width = emb.concat_dim + (emb.num_fields if channel == "dense" else 0) + 2 * emb.dim
+    assert out.dense_input.shape == (7, width)
+    torch.testing.assert_close(out.dense_input[:, -2 * emb.dim :], out.value_vectors)
+    with pytest.raises(ValueError, match="value_vectors names fields .*'z'"):
+        FusedFieldEmbedding(sk, cm, vocab, dims, value_vectors=["z"])
+
+
 def test_weight_channel_keeps_a_one_id_bags_intensity():
     """A plain weighted mean maps w*e/w to e whatever w is; both channels keep w."""
     pooled = {}

@@ -179,7 +179,11 @@ def _plan(cfg: Config, meta: ModelMeta) -> _Plan:
         raise ValueError("ModelMeta has no fields")
     dims = {f: cfg.embedding_dim(f) for f in fields}
     emb_dim, concat_dim = max(dims.values()), sum(dims.values())
-    dense_dim = concat_dim + (len(fields) if cfg.embedding.weight_channel == "dense" else 0)
+    dense_dim = (
+        concat_dim
+        + (len(fields) if cfg.embedding.weight_channel == "dense" else 0)
+        + len(cfg.embedding.value_vectors) * emb_dim
+    )
     deep_dims = [int(d) for d in bb.deep_hidden_dims]
     deep_out = deep_dims[-1] if deep_dims else dense_dim
     per_head_add = _per_head_add(cfg)
@@ -256,6 +260,7 @@ class DeepFmMmoe(nn.Module):
             init_std=cfg.embedding.init_std,
             linear_terms=plan.linear_terms,
             touched_l2=cfg.embedding.l2_reg > 0,
+            value_vectors=cfg.embedding.value_vectors,
         )
         self.deep = MLP(
             plan.dense_dim,
@@ -276,7 +281,7 @@ class DeepFmMmoe(nn.Module):
         self.heads = nn.ModuleDict({task: _head(cfg, plan, task) for task in self.tasks})
 
     def forward(self, batch: BatchLike) -> ModelOutput:
-        stacked = self.embedding.pool(batch)  # [B, F, D + L (+ 1)]
+        stacked = self.embedding.pool(batch)  # [B, F, D + L (+ 1) (+ D)]
         logits, gates, logit_linear, fm_logit = self.dense(stacked)
         return ModelOutput(
             logits=logits,
@@ -288,7 +293,7 @@ class DeepFmMmoe(nn.Module):
         )
 
     def dense(self, stacked: Tensor) -> DenseOut:
-        """Everything above the bag pooling, from ``stacked [B, F, D + L (+ 1)]``: fixed shapes
+        """Everything above the bag pooling, from ``stacked [B, F, D + L (+ 1) (+ D)]``: fixed shapes
         for a fixed B and no data-dependent control flow, so it can be compiled as one piece.
 
         Returns ``(logits {task: [B]}, gates {task: [B, E]}, logit_linear [B], fm_logit [B] |

@@ -89,6 +89,8 @@ class EmbeddingOutput:
         ``weight_channel="dense"``, of each field's coefficient times its value); the first term.
     linear_terms [B, L]: every first-order term (column 0 is ``logit_linear``).
     values [B, F] | None: each bag's mean weight (``weight_channel="dense"`` only).
+    value_vectors [B, K * D] | None: for the K ``value_vectors`` fields, the mean of ``w_i e_i``
+        over the bag's ids (``w e`` for a one-id bag), flattened.
     touched_l2 [] | None: sum of squares of the distinct table rows the batch looked up (in
         training mode, when asked for): an L2 penalty on exactly the rows a step updates.
     """
@@ -101,13 +103,17 @@ class EmbeddingOutput:
     linear_terms: Tensor
     values: Tensor | None = None
     touched_l2: Tensor | None = None
+    value_vectors: Tensor | None = None
 
     @property
     def dense_input(self) -> Tensor:
-        """``emb_concat``, with ``values`` appended when present: ``[B, sum_f d_f (+ F)]``."""
-        if self.values is None:
-            return self.emb_concat
-        return torch.cat([self.emb_concat, self.values.to(self.emb_concat.dtype)], dim=1)
+        """``emb_concat``, then ``values`` and ``value_vectors`` when present:
+        ``[B, sum_f d_f (+ F) (+ K * D)]``."""
+        parts = [self.emb_concat]
+        parts += [
+            p.to(self.emb_concat.dtype) for p in (self.values, self.value_vectors) if p is not None
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _check_arguments(
@@ -157,6 +163,8 @@ class FusedFieldEmbedding(nn.Module):
         init_std: std of the normal init of the vector columns.
         touched_l2: in training mode, also return the sum of squares of every table row the
             batch looks up, each distinct row once (``EmbeddingOutput.touched_l2``).
+        value_vectors: field names whose value-scaled vector (the mean of ``w_i e_i`` over the
+            bag) is also output (``EmbeddingOutput.value_vectors``).
     """
 
     def __init__(
@@ -172,10 +180,14 @@ class FusedFieldEmbedding(nn.Module):
         init_std: float = 0.01,
         linear_terms: int = 1,
         touched_l2: bool = False,
+        value_vectors: Sequence[str] = (),
     ) -> None:
         super().__init__()
         fields = [*skeleton_fields, *common_fields]
         _check_arguments(fields, vocab_sizes, dims, mode, weight_channel, linear_terms)
+        unknown = [f for f in value_vectors if f not in fields]
+        if unknown:
+            raise ValueError(f"value_vectors names fields the model does not have: {unknown}")
         self.skeleton_fields = list(skeleton_fields)
         self.common_fields = list(common_fields)
         self.fields = fields
@@ -191,6 +203,12 @@ class FusedFieldEmbedding(nn.Module):
         self.dim = max(self.dims)  # D
         self.concat_dim = sum(self.dims)
         self.uniform_dims = all(d == self.dim for d in self.dims)
+        # Field positions whose value-scaled vector is an output (``value_vectors``).
+        self.register_buffer(
+            "value_vector_index",
+            torch.tensor([fields.index(f) for f in value_vectors], dtype=torch.long),
+            persistent=False,
+        )  # [K]
 
         self.skeleton_table = self._make_table(self.skeleton_fields)
         self.common_table = self._make_table(self.common_fields)
@@ -278,10 +296,11 @@ class FusedFieldEmbedding(nn.Module):
         rows: Tensor,
         n_rows: int,
     ) -> Tensor:
-        """Pool one side: values -> ``[n_rows, F_side, D + L (+ 1)]``.
+        """Pool one side: values -> ``[n_rows, F_side, D + L (+ 1) (+ D)]``.
 
-        Columns: ``0..D-1`` the vector, ``D..D+L-1`` the first-order weights, and with
-        ``weight_channel="dense"`` a last column holding the bag's mean weight.
+        Columns: ``0..D-1`` the vector, ``D..D+L-1`` the first-order weights, then with
+        ``weight_channel="dense"`` a column holding the bag's mean weight, then with
+        ``value_vectors`` D columns holding the mean of ``w_i e_i`` over the bag's ids.
 
         Values whose row is ``n_rows`` (a static batch's padding, always after the real values)
         pool into extra bags of at most :data:`PAD_BAG` values each, dropped here: one bag per
@@ -307,6 +326,10 @@ class FusedFieldEmbedding(nn.Module):
             include_last_offset=True,
             sparse=self.sparse,
         )  # [n_bags, D + L]
+        columns = [pooled]
+        if self.value_vector_index.numel():
+            # mean of w_i e_i over the bag's ids (0 for an empty bag), before any division
+            columns.append(pooled[:, : self.dim] / n_ids.clamp_min(1.0).unsqueeze(1))
         wsum = None
         if self.mode == "mean" or self.weight_channel == "dense":
             wsum = torch.zeros(n_bags, dtype=table.dtype, device=ids.device).index_add_(0, bag, w)
@@ -314,10 +337,11 @@ class FusedFieldEmbedding(nn.Module):
             # "scale" divides by the id count instead: the mean of w_i e_i over the bag.
             denom = n_ids if self.weight_channel == "scale" else wsum
             denom = torch.where(denom != 0, denom, torch.ones_like(denom))
-            pooled = pooled / denom.unsqueeze(1)
+            columns[0] = pooled / denom.unsqueeze(1)
         if self.weight_channel == "dense":
             mean_w = wsum / n_ids.clamp_min(1.0)  # [n_bags]; 0 for an empty bag
-            pooled = torch.cat([pooled, mean_w.unsqueeze(1)], dim=1)
+            columns.insert(1, mean_w.unsqueeze(1))
+        pooled = columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
         return pooled[:n_real].view(n_rows, n_fields, -1)
 
     def forward(self, batch: BatchLike) -> EmbeddingOutput:
@@ -325,7 +349,7 @@ class FusedFieldEmbedding(nn.Module):
         return self.split(self.pool(batch), touched_l2=self.touched_rows_l2(batch))
 
     def pool(self, batch: BatchLike) -> Tensor:
-        """The lookups and bag pooling of both sides: ``stacked [B, F, D + L (+ 1)]`` (columns as
+        """The lookups and bag pooling of both sides: ``stacked [B, F, D + L (+ 1) (+ D)]`` (columns as
         in :meth:`_pool`). The only part of the forward with data-dependent (jagged) inputs."""
         n_rows = batch.cm_inverse.shape[0]  # B
         parts = []
@@ -355,7 +379,7 @@ class FusedFieldEmbedding(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def split(self, stacked: Tensor, touched_l2: Tensor | None = None) -> EmbeddingOutput:
-        """``stacked [B, F, D + L (+ 1)]`` (from :meth:`pool`) -> the outputs: dense maths only,
+        """``stacked [B, F, D + L (+ 1) (+ D)]`` (from :meth:`pool`) -> the outputs: dense maths only,
         fixed shapes for a fixed B (what a compiler may fuse with the layers above)."""
         n_rows = stacked.shape[0]
         emb_stack = stacked[..., : self.dim]
@@ -367,6 +391,11 @@ class FusedFieldEmbedding(nn.Module):
         if self.value_coef is not None:
             values = stacked[..., end]  # [B, F]
             linear = linear + values @ self.value_coef.to(values.dtype)  # [B, L]
+            end += 1
+        value_vectors = None
+        if self.value_vector_index.numel():
+            scaled = stacked[..., end : end + self.dim].index_select(1, self.value_vector_index)
+            value_vectors = (scaled * self.dim_mask[self.value_vector_index]).flatten(1)
         flat = emb_stack.reshape(n_rows, self.num_fields * self.dim)
         emb_concat = flat if self.uniform_dims else flat.index_select(1, self.concat_index)
         sum_emb = emb_stack.sum(dim=1)
@@ -379,6 +408,7 @@ class FusedFieldEmbedding(nn.Module):
             linear_terms=linear,
             values=values,
             touched_l2=touched_l2,
+            value_vectors=value_vectors,
         )
 
     def lookups(self, batch: BatchLike) -> list[tuple[Tensor, Tensor]]:

@@ -21,6 +21,12 @@ What makes it static:
   points (:meth:`GraphStep.poll`) and raises there. With ``on_nonfinite: stop`` every step after
   the first bad one is a no-op too, so the weights are those before it, as in the eager step.
 
+With ``runtime.compile`` (``auto``: where Triton is installed) the objective between the bag
+pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses)
+and RowAdam's updates run through ``torch.compile``, so the capture records a few fused kernels
+where the written code launches hundreds. They compile in eager warm-up steps, before any
+capture: at the start, when the aux-focal term switches on, and when the value slots grow.
+
 The graph is captured again (a few steps of eager warm-up only the first time) when the value
 slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
 warm-up (the loss's structure changes). Not supported (refused with the key named, by the
@@ -225,7 +231,7 @@ class GraphStep:
             batch = t.oov_dropout(batch)
         with phase("forward"):
             with autocast(t.device, t.amp_dtype, cache=False):
-                stacked = t.model.embedding.pool(batch)  # [B, F, D + L (+ 1)]
+                stacked = t.model.embedding.pool(batch)  # [B, F, D + L (+ 1) (+ D)]
             objective = self.objective_fn if static and self.objective_fn else self._objective
             total, names, values = objective(
                 stacked, batch.click, batch.conversion, focal_active(t.cfg, t.step)
@@ -268,7 +274,7 @@ class GraphStep:
     ) -> tuple[Tensor, list[str], Tensor]:
         """Everything between the bag pooling and the backward, with fixed shapes for a fixed B
         (what ``runtime.compile`` fuses): the model's dense part under autocast, then the fp32
-        losses. ``stacked [B, F, D + L (+ 1)]``, labels ``[B]``; returns the total to
+        losses. ``stacked [B, F, D + L (+ 1) (+ D)]``, labels ``[B]``; returns the total to
         backpropagate, and the names and values ``[1 + C]`` of the total and its components."""
         t = self.trainer
         with autocast(t.device, t.amp_dtype, cache=False):
