@@ -35,10 +35,12 @@ from benchmarks.peers.metrics import COLUMNS, markdown_table, summarise, task_au
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-PEERS = ("esmm", "mmoe", "logreg")
+PEERS = ("esmm", "mmoe", "rechub-esmm", "rechub-mmoe", "logreg")
 LABELS = {
     "esmm": "DeepCTR-Torch ESMM",
     "mmoe": "DeepCTR-Torch MMOE",
+    "rechub-esmm": "torch-rechub ESMM",
+    "rechub-mmoe": "torch-rechub MMOE (conversion, click)",
     "logreg": "scikit-learn LogisticRegression",
 }
 
@@ -202,6 +204,15 @@ def _run(args, device: str, cross_dense: bool, work: Path) -> str:
                         label += f" (ctr, {args.mmoe_task})"
                     record(label, seed, res, epochs=peer_epochs)
             del inputs
+        rechub = [p for p in ("rechub-esmm", "rechub-mmoe") if p in args.peers]
+        if rechub:
+            from benchmarks.peers.rechub_models import train_rechub
+
+            for seed in args.seeds:
+                for name in rechub:
+                    kind = name.split("-", 1)[1]
+                    res = train_rechub(kind, data, seed=seed, device=device, epochs=peer_epochs)
+                    record(LABELS[name], seed, res, epochs=peer_epochs)
     if args.only in ("ours", "all"):
         from benchmarks.peers.ours import run_ours
 

@@ -35,7 +35,8 @@ alone, like SparseAdam leaves rows outside the coalesced gradient. Two additions
   every rank's lookups and gradient entries (``N`` each), the whole-table layout (chosen when
   the ranks' lookups together outnumber the table's rows) sums the ``[rows, C]`` buffer.
 
-Every op has a shape fixed by ``N``: no host synchronisation, capturable in a CUDA graph. The
+Every op has a shape fixed by ``N``: no host synchronisation, capturable in a CUDA graph, and
+compilable (:meth:`RowAdam.compile`, used by ``runtime.compile``) into a few fused kernels. The
 state (``step``, ``exp_avg``, ``exp_avg_sq``) has SparseAdam's keys and shapes, so a state saved
 by either optimiser loads into the other.
 """
