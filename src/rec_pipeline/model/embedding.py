@@ -177,7 +177,7 @@ class FusedFieldEmbedding(nn.Module):
         mode: str = "mean",
         weight_channel: str = "none",
         sparse: bool = True,
-        init_std: float = 0.01,
+        init_std: float = 0.03,
         linear_terms: int = 1,
         touched_l2: bool = False,
         value_vectors: Sequence[str] = (),
