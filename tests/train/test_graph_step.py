@@ -53,8 +53,9 @@ def test_graph_mode_trains_like_the_eager_step(data, one_thread):
     against SparseAdam), so their paths agree to rounding at first; Adam then amplifies it,
     since a rounding-sized change in a near-zero gradient can turn a coordinate's step by a
     whole learning rate. Hence the loss trajectory and the weights as a whole are compared, not
-    each coordinate. A wrong batch, update or schedule step moves them by orders of magnitude
-    more.
+    each coordinate (the logged losses to 0.5 %: with ``embedding.init_std`` 0.03 the largest
+    gap over these 16 steps is 0.19 %). A wrong batch, update or schedule step moves them by
+    orders of magnitude more.
     """
     runs, results = {}, {}
     for m in ("eager", "graph"):
@@ -85,7 +86,7 @@ def test_graph_mode_trains_like_the_eager_step(data, one_thread):
     torch.testing.assert_close(
         torch.tensor(train["graph"]["value"].values),
         torch.tensor(train["eager"]["value"].values),
-        rtol=1e-3,
+        rtol=5e-3,
         atol=1e-6,
     )
 
