@@ -56,7 +56,7 @@ from rec_pipeline.data.static_batches import (
     needed_sizes,
 )
 from rec_pipeline.model.builder import ModelOutput
-from rec_pipeline.train.compiling import triton_available
+from rec_pipeline.train.compiling import compile_wanted, warn_fallback
 from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
 from rec_pipeline.train.precision import autocast
@@ -102,11 +102,10 @@ class GraphStep:
         # compilation per aux-focal state; the short last batch runs it as written.
         self.compile_mode = t.cfg.runtime.compile
         self.objective_fn = None
-        mode = self.compile_mode
-        if self.capture and (mode == "dense" or mode == "auto" and triton_available()):
+        if self.capture and compile_wanted(self.compile_mode):
             self.objective_fn = torch.compile(self._objective, dynamic=False)
             if isinstance(t.opt.sparse, RowAdam):
-                t.opt.sparse.compile(fallback=mode == "auto")
+                t.opt.sparse.compile(fallback=self.compile_mode == "auto")
         self.pos_weight = torch.ones(2, device=dev)  # [ctr, ctcvr]
         self._pos_weight_host: tuple[float, float] | None = None
         self.steps = torch.zeros((), dtype=torch.int64, device=dev)  # steps run
@@ -184,12 +183,7 @@ class GraphStep:
         except Exception as err:
             if self.objective_fn is None or self.compile_mode != "auto":
                 raise
-            log.warning(
-                "runtime.compile: auto: compiling the training objective failed (%s: %s); "
-                "it runs as written. Set runtime.compile: off to skip the attempt.",
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-            )
+            warn_fallback("the training objective", err)
             self.objective_fn = None
             self.batches.counter.sub_(1)  # the batch the failed step took
             self._body(None)
