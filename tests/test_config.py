@@ -61,6 +61,7 @@ def test_real_data_environment_is_the_source_recipe():
             "heads": {"default": {"extra_inputs": []}, "cvr": {"dropout": 0.1}},
         },
         "runtime": {"valid_every": None},
+        "optim": {"sparse": {"type": "adam"}},
     }
     recipe = deep_merge(yaml.safe_load(RECIPE.read_text()), predates)
     got, want = resolved(load_config(env_parameters("aliccp"))), resolved(load_config(recipe))

@@ -468,11 +468,15 @@ class DenseOptimConfig(_Model):
 
 class SparseOptimConfig(_Model):
     enabled: bool = True
-    # Source: 1e-3. 2e-3 measured better on both synthetic worlds (benchmarks/README.md,
-    # "Model quality"); 1e-2 and up much worse.
-    lr: float = Field(2e-3, gt=0.0)
+    # The tables' update rule: sparse Adagrad's or SparseAdam's (the source's; both in
+    # train/row_optimizers.py). Adagrad measured better on both synthetic worlds
+    # (benchmarks/README.md, "Model quality"). lr is the rule's own rate (Adam's best was 2e-3,
+    # Adagrad's 0.1); betas are Adam's, initial_accumulator_value Adagrad's.
+    type: Literal["adagrad", "adam"] = "adagrad"
+    lr: float = Field(0.1, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
+    initial_accumulator_value: float = Field(0.0, ge=0.0)
     allow_fallback_if_empty: bool = False
 
 

@@ -52,13 +52,14 @@ def test_gradient_exchange_is_the_mean_over_ranks():
     torch.testing.assert_close(table.double(), want_table, rtol=1e-6, atol=1e-6)
 
 
-def _row_adam_worker(ranks, rows: int, steps: int) -> torch.Tensor:
-    """RowAdam with the static step's exchange, fed this rank's gradients for ``steps`` steps."""
+def _row_optimizer_worker(ranks, rule: str, rows: int, steps: int) -> torch.Tensor:
+    """A row optimiser with the static step's exchange, fed this rank's gradients for
+    ``steps`` steps."""
     from rec_pipeline.train.distributed import StaticExchange
-    from rec_pipeline.train.row_adam import RowAdam
+    from rec_pipeline.train.row_optimizers import RowAdagrad, RowAdam
 
     table = torch.nn.Parameter(_start_table(rows))
-    opt = RowAdam([table], lr=0.05, l2=0.01)
+    opt = (RowAdam if rule == "adam" else RowAdagrad)([table], lr=0.05, l2=0.01)
     opt.exchange = StaticExchange()
     for step in range(steps):
         idx, values = _step_grad(ranks.rank, step, rows)
@@ -78,15 +79,21 @@ def _step_grad(rank: int, step: int, rows: int) -> tuple[torch.Tensor, torch.Ten
     return idx, torch.randn(len(idx), COLS, generator=g, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("rule", ["adam", "adagrad"])
 @pytest.mark.parametrize("rows", [50, 5], ids=["per-lookup", "whole-table"])
-def test_row_adam_over_ranks_is_sparse_adam_on_the_mean_gradient(rows):
-    """Both layouts of RowAdam's exchange (50 rows: gathers of the lookups; 5 rows, fewer than
-    the ranks' lookups: a sum of the table buffer) against torch's SparseAdam in one process on
-    the two ranks' mean gradient, with the L2 term added to the touched rows by hand."""
+def test_row_optimizer_over_ranks_is_torchs_on_the_mean_gradient(rows, rule):
+    """Both layouts of the row optimisers' exchange (50 rows: gathers of the lookups; 5 rows,
+    fewer than the ranks' lookups: a sum of the table buffer) against torch's SparseAdam /
+    Adagrad in one process on the two ranks' mean gradient, with the L2 term added to the
+    touched rows by hand."""
     steps = 3
-    got = launch(_row_adam_worker, 2, "cpu", rows, steps)
+    got = launch(_row_optimizer_worker, 2, "cpu", rule, rows, steps)
     table = torch.nn.Parameter(_start_table(rows))
-    ref = torch.optim.SparseAdam([table], lr=0.05)
+    ref = (
+        torch.optim.SparseAdam([table], lr=0.05)
+        if rule == "adam"
+        else torch.optim.Adagrad([table], lr=0.05, eps=1e-10)
+    )
     for step in range(steps):
         parts = [_step_grad(r, step, rows) for r in range(2)]
         idx = torch.cat([i for i, _ in parts])

@@ -30,9 +30,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _trainer(data, mode: str, batch_size: int | None = None, **runtime) -> Trainer:
+def _trainer(
+    data, mode: str, batch_size: int | None = None, sparse: dict | None = None, **runtime
+) -> Trainer:
     params, meta, train, valid = data
     over = {"runtime": {"device": "cpu", "step_mode": mode, **runtime}}
+    if sparse is not None:
+        over["optim"] = {"sparse": sparse}
     if batch_size is not None:
         over["data"] = {"batch_size": batch_size}
     return Trainer(load_config(deep_merge(params, over)), meta, train, valid)
@@ -45,12 +49,16 @@ def _poison(monkeypatch, steps: set[int]) -> None:
     )
 
 
-def test_graph_mode_trains_like_the_eager_step(data, one_thread):
+@pytest.mark.parametrize(
+    "sparse", [None, {"type": "adagrad", "lr": 0.1}], ids=["sparse_adam", "sparse_adagrad"]
+)
+def test_graph_mode_trains_like_the_eager_step(data, one_thread, sparse):
     """Two epochs of 8 steps at batch 2,048 (7 static steps and a short eager one each, the
-    second epoch's plan loaded into the same buffers), against the eager step.
+    second epoch's plan loaded into the same buffers), against the eager step; the tables by
+    either rule of ``optim.sparse.type``.
 
-    The two differ only in the order of float additions (fused against foreach AdamW, RowAdam
-    against SparseAdam), so their paths agree to rounding at first; Adam then amplifies it,
+    The two differ only in the order of float additions (fused against foreach AdamW, the row
+    optimisers against torch's sparse ones), so their paths agree to rounding at first; Adam then amplifies it,
     since a rounding-sized change in a near-zero gradient can turn a coordinate's step by a
     whole learning rate. Hence the loss trajectory and the weights as a whole are compared, not
     each coordinate (the logged losses to 0.5 %: with ``embedding.init_std`` 0.03 the largest
@@ -63,6 +71,7 @@ def test_graph_mode_trains_like_the_eager_step(data, one_thread):
             data,
             m,
             batch_size=2048,
+            sparse=sparse,
             epochs=2,
             log_every=1,
             valid_every=8,
@@ -164,10 +173,12 @@ def test_the_objective_traces_as_one_graph_with_the_same_values(data):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project):
+@pytest.mark.parametrize("rule", ["adam", "adagrad"])
+def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project, rule):
     """``runtime.compile: dense`` on a GPU: the captured step with the inductor-compiled
-    objective follows the uncompiled one (bf16 autocast both; fused kernels round differently),
-    through the aux-focal term's switch (a second compilation, outside any capture)."""
+    objective and row optimiser (either rule) follows the uncompiled one (bf16 autocast both;
+    fused kernels round differently), through the aux-focal term's switch (a second
+    compilation, outside any capture)."""
     from rec_pipeline.data.batches import load_splits
 
     cat = catalog(encoded_project, TRAINING)
@@ -184,6 +195,7 @@ def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project)
             "runtime": {"device": "cuda", "step_mode": "graph", "compile": mode, "epochs": 2},
             "data": {"batch_size": 1024},
             "loss": {"aux_focal": {"enabled": True, "warmup_steps": 5}},
+            "optim": {"sparse": {"type": rule, "lr": 0.1 if rule == "adagrad" else 0.002}},
         }
         over["runtime"].update(QUIET, log_every=4)
         cfg = load_config(deep_merge(params, over))

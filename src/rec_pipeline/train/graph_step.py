@@ -10,9 +10,10 @@ What makes it static:
 
 * batches: :class:`~rec_pipeline.data.static_batches.StaticBatches` (fixed B and value slots,
   gathered from a device-side counter); an epoch's short last batch runs the same step eagerly;
-* optimisers: :class:`~rec_pipeline.train.row_adam.RowAdam` (SparseAdam's update without the
-  coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the forward needs no
-  ``unique``) and a capturable fused AdamW, learning rates in device tensors the schedulers fill;
+* optimisers: :mod:`~rec_pipeline.train.row_optimizers` (torch's sparse Adagrad / SparseAdam
+  update without the coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the
+  forward needs no ``unique``) and a capturable fused AdamW, learning rates in device tensors
+  the schedulers fill;
 * the positive weights live in a device tensor, refreshed from the host only when they change;
 * the guard: the finite flags of the loss components, every gradient and every guarded
   parameter are combined on the device into the optimisers' ``found_inf``, so a step with a
@@ -23,9 +24,10 @@ What makes it static:
 
 With ``runtime.compile`` (``auto``: where Triton is installed) the objective between the bag
 pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses)
-and RowAdam's updates run through ``torch.compile``, so the capture records a few fused kernels
-where the written code launches hundreds. They compile in eager warm-up steps, before any
-capture: at the start, when the aux-focal term switches on, and when the value slots grow.
+and the row optimiser's updates run through ``torch.compile``, so the capture records a few
+fused kernels where the written code launches hundreds. They compile in eager warm-up steps,
+before any capture: at the start, when the aux-focal term switches on, and when the value slots
+grow.
 
 The graph is captured again (a few steps of eager warm-up only the first time) when the value
 slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
@@ -34,7 +36,7 @@ config): fp16 loss scaling, ``loss.pos_weight_dynamic``.
 
 With several ranks (``runtime.devices``) the collectives are part of the captured step: the
 ranks agree on one set of slot sizes per epoch, the dense gradients are averaged with one flat
-all-reduce, RowAdam exchanges only the rows the step touched
+all-reduce, the row optimiser exchanges only the rows the step touched
 (:class:`~rec_pipeline.train.distributed.StaticExchange`), and the guard's flags are combined
 over the ranks, so every rank skips or stops at the same step.
 """
@@ -60,7 +62,7 @@ from rec_pipeline.train.compiling import compile_wanted, warn_fallback
 from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
 from rec_pipeline.train.precision import autocast
-from rec_pipeline.train.row_adam import RowAdam
+from rec_pipeline.train.row_optimizers import RowOptimizer
 
 if TYPE_CHECKING:
     from rec_pipeline.train.loop import Trainer
@@ -90,7 +92,7 @@ class GraphStep:
         dev = t.device
         self.capture = dev.type == "cuda"
         self.exchange = StaticExchange() if t.ranks is not None else None
-        if isinstance(t.opt.sparse, RowAdam):
+        if isinstance(t.opt.sparse, RowOptimizer):
             t.opt.sparse.exchange = self.exchange
         self.batches: StaticBatches | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -104,7 +106,7 @@ class GraphStep:
         self.objective_fn = None
         if self.capture and compile_wanted(self.compile_mode):
             self.objective_fn = torch.compile(self._objective, dynamic=False)
-            if isinstance(t.opt.sparse, RowAdam):
+            if isinstance(t.opt.sparse, RowOptimizer):
                 t.opt.sparse.compile(fallback=self.compile_mode == "auto")
         self.pos_weight = torch.ones(2, device=dev)  # [ctr, ctcvr]
         self._pos_weight_host: tuple[float, float] | None = None
@@ -238,8 +240,8 @@ class GraphStep:
                 t.exchange.reduce_dense()
         with phase("guard"):
             lookups = t.model.embedding.lookups(batch)
-            if isinstance(t.opt.sparse, RowAdam) and t.opt.sparse.l2 > 0:
-                # The penalty's gradient is RowAdam's; its value joins the loss log here.
+            if isinstance(t.opt.sparse, RowOptimizer) and t.opt.sparse.l2 > 0:
+                # The penalty's gradient is the row optimiser's; its value joins the loss log here.
                 penalty = t.opt.sparse.penalty(lookups).float().view(1)
                 names = [*names, "loss_embedding_l2"]
                 values = torch.cat([values[:1] + t.opt.sparse.l2 * penalty, values[1:], penalty])
@@ -252,7 +254,7 @@ class GraphStep:
             t.opt.dense.found_inf = found_inf
             t.opt.dense.step()
         with phase("sparse_optimizer"):
-            if isinstance(t.opt.sparse, RowAdam):
+            if isinstance(t.opt.sparse, RowOptimizer):
                 t.opt.sparse.found_inf = found_inf
                 t.opt.sparse.step(lookups)
         with phase("loss_log"):

@@ -252,7 +252,7 @@ class Trainer:
                     "runtime.step_mode 'graph' runs in fp32 or bf16: set runtime.amp_dtype to "
                     "bf16 (or runtime.amp: false) on a GPU without fp16-free AMP"
                 )
-            # RowAdam adds the embedding L2 gradient: the forward needs no unique().
+            # The row optimiser adds the embedding L2 gradient: the forward needs no unique().
             self.model.embedding.touched_l2 = False
         self.opt = build_optimizers(self.model, cfg, static=static)
         self._set_guarded_parameters()

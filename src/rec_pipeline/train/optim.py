@@ -1,4 +1,5 @@
-"""The dual optimiser: AdamW for dense parameters, sparse Adam for the embedding tables."""
+"""The dual optimiser: AdamW for dense parameters, sparse Adagrad or Adam for the embedding
+tables."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from rec_pipeline.config import Config
-from rec_pipeline.train.row_adam import RowAdam
+from rec_pipeline.train.row_optimizers import RowAdagrad, RowAdam
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,16 @@ class Optimizers:
 
 
 def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = False) -> Optimizers:
-    """AdamW over dense parameters; SparseAdam over the embedding tables when they are sparse.
+    """AdamW over dense parameters; SparseAdam (``optim.sparse.type: adam``) or Adagrad
+    (``adagrad``) over the embedding tables when they are sparse.
 
     With ``embedding.sparse_grad: false`` the tables have dense gradients and join AdamW, which
     the config only allows with ``optim.sparse.allow_fallback_if_empty: true``.
 
     ``static`` (``runtime.step_mode: graph``): the same updates in forms a CUDA graph can
-    replay: :class:`RowAdam` instead of SparseAdam (it also adds the ``embedding.l2_reg``
-    gradient), a capturable fused AdamW, and learning rates held in device tensors that the
-    schedulers fill in place (``initial_lr`` stays a float, so the schedules stay host maths).
+    replay: :class:`RowAdagrad` / :class:`RowAdam` instead of torch's (they also add the
+    ``embedding.l2_reg`` gradient), a capturable fused AdamW, and learning rates held in device
+    tensors that the schedulers fill in place (``initial_lr`` stays a float, so the schedules stay host maths).
     """
     o = cfg.optim
     sparse_params = list(model.sparse_parameters()) if cfg.embedding.sparse_grad else []
@@ -85,24 +87,33 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
     )
     sparse = None
     if use_sparse and sparse_params:
-        if static:
-            sparse = RowAdam(
-                sparse_params,
-                lr=_lr(o.sparse.lr, device, static),
-                betas=tuple(o.sparse.betas),
-                eps=o.sparse.eps,
-                l2=cfg.embedding.l2_reg,
+        sp, lr = o.sparse, _lr(o.sparse.lr, device, static)
+        l2 = cfg.embedding.l2_reg
+        if sp.type == "adagrad":
+            acc = sp.initial_accumulator_value
+            sparse = (
+                RowAdagrad(sparse_params, lr=lr, eps=sp.eps, initial_accumulator_value=acc, l2=l2)
+                if static
+                else _eager_adagrad(sparse_params, lr, sp.eps, acc)
             )
+        elif static:
+            sparse = RowAdam(sparse_params, lr=lr, betas=tuple(sp.betas), eps=sp.eps, l2=l2)
         else:
-            sparse = torch.optim.SparseAdam(
-                sparse_params, lr=o.sparse.lr, betas=tuple(o.sparse.betas), eps=o.sparse.eps
-            )
+            sparse = torch.optim.SparseAdam(sparse_params, lr=lr, betas=tuple(sp.betas), eps=sp.eps)
     optimizers = Optimizers(dense=dense, sparse=sparse)
     if static:
         for opt in optimizers.all():
             for group in opt.param_groups:
                 group["initial_lr"] = float(group["lr"])
     return optimizers
+
+
+def _eager_adagrad(params: list, lr: float, eps: float, acc: float) -> torch.optim.Adagrad:
+    """torch's Adagrad, which updates a sparse gradient's rows only. Its sparse update builds
+    tensors with torch's invariant checks at their default (off), which warns once unless the
+    choice is explicit: make it so, unchanged."""
+    torch.sparse.check_sparse_tensor_invariants.disable()
+    return torch.optim.Adagrad(params, lr=lr, eps=eps, initial_accumulator_value=acc)
 
 
 def _lr(value: float, device: torch.device, static: bool) -> float | torch.Tensor:

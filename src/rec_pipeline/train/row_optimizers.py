@@ -1,32 +1,44 @@
-"""Row-wise Adam for embedding tables: SparseAdam's update, in place, with static shapes.
+"""Row-wise optimisers for embedding tables: SparseAdam's and sparse Adagrad's updates, in
+place, with static shapes.
 
-``torch.optim.SparseAdam`` coalesces each step's sparse gradient (a sort whose output size
-depends on the data), so it cannot run inside a CUDA graph and costs a host synchronisation.
-:class:`RowAdam` makes the same update from a fixed-size list of touched rows instead:
+``torch.optim.SparseAdam`` (and ``Adagrad`` on a sparse gradient) coalesces each step's
+gradient (a sort whose output size depends on the data), so it cannot run inside a CUDA graph
+and costs a host synchronisation. :class:`RowOptimizer` makes the same update from a fixed-size
+list of touched rows instead:
 
 1. the step's gradient entries (uncoalesced COO of the table, any order, duplicates allowed)
    are summed into a persistent ``[rows, C]`` buffer with ``index_add_``;
 2. every touched row (the lookups of the batch, ``[N]`` with duplicates, and a 0/1 mask
    marking the real ones: padding entries of a static batch count for nothing) reads its
-   summed gradient and its moments, computes SparseAdam's new values, and writes them back;
-   duplicates of a row compute identical values, so the duplicated writes are harmless;
+   summed gradient and its state, computes the new values, and writes them back; duplicates
+   of a row compute identical values, so the duplicated writes are harmless;
 3. the buffer rows it read are zeroed for the next step.
 
 When a batch's lookups outnumber the table's rows (large batches, long behaviour lists), the
 same update runs as masked elementwise passes over the whole table instead, which move fewer
 bytes than gathers and scatters of every lookup.
 
-The update of a touched row (``g`` its summed gradient, ``t`` the step count)::
+The update of a touched row (``g`` its summed gradient, ``t`` the step count):
+
+* :class:`RowAdam` (``optim.sparse.type: adam``), ``torch.optim.SparseAdam``'s::
 
     m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
     p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 
-which is ``torch.optim.SparseAdam``'s, row for row; rows that no real lookup touched are left
-alone, like SparseAdam leaves rows outside the coalesced gradient. Two additions:
+* :class:`RowAdagrad` (``optim.sparse.type: adagrad``), ``torch.optim.Adagrad``'s on a sparse
+  gradient (no rate decay)::
+
+    s <- s + g^2;   p <- p - lr g / (sqrt(s) + eps)
+
+  A row's steps shrink with the squared gradients it has accumulated, so a frequent id settles
+  while a rare one keeps large steps; Adam's normalised step is about ``lr`` for every row.
+
+Rows that no real lookup touched are left alone, like the coalesced sparse updates leave rows
+outside the gradient. Two additions:
 
 * ``l2``: the gradient of ``l2 * sum of squares of the distinct touched rows`` (the embedding
   L2 penalty of docs/model.md) is added to ``g`` here, so the forward needs no ``unique``;
-  :meth:`penalty` gives the penalty's value for the loss log.
+  :meth:`~RowOptimizer.penalty` gives the penalty's value for the loss log.
 * ``found_inf`` (attribute, a 0-d float tensor, like the fused optimisers read it): when 1 the
   step changes nothing, not even the step count (the non-finite guard without a host read).
 * ``exchange`` (attribute, a :class:`~rec_pipeline.train.distributed.StaticExchange`, with
@@ -36,9 +48,10 @@ alone, like SparseAdam leaves rows outside the coalesced gradient. Two additions
   the ranks' lookups together outnumber the table's rows) sums the ``[rows, C]`` buffer.
 
 Every op has a shape fixed by ``N``: no host synchronisation, capturable in a CUDA graph, and
-compilable (:meth:`RowAdam.compile`, used by ``runtime.compile``) into a few fused kernels. The
-state (``step``, ``exp_avg``, ``exp_avg_sq``) has SparseAdam's keys and shapes, so a state saved
-by either optimiser loads into the other.
+compilable (:meth:`~RowOptimizer.compile`, used by ``runtime.compile``) into a few fused
+kernels. The state has torch's keys and shapes (SparseAdam's ``step``, ``exp_avg``,
+``exp_avg_sq``; Adagrad's ``step``, ``sum``), so a state saved by either form of a rule loads
+into the other.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ if TYPE_CHECKING:
     from rec_pipeline.train.distributed import StaticExchange
 
 #: Passes over ``[N, C]`` (per lookup) and over ``[rows, C]`` (whole table) of the two layouts
-#: of the update, counted from their ops: which moves fewer bytes for a given N and table.
+#: of Adam's update, counted from their ops: which moves fewer bytes for a given N and table.
 LOOKUP_PASSES = 14
 TABLE_PASSES = 10
 
@@ -66,36 +79,26 @@ def _acc(p: Tensor) -> torch.dtype:
     return torch.promote_types(p.dtype, torch.float32)
 
 
-class RowAdam(Optimizer):
-    """SparseAdam's update over explicitly listed touched rows (see the module docstring).
+class RowOptimizer(Optimizer):
+    """A row-wise update over explicitly listed touched rows (see the module docstring).
 
-    Args:
-        params: the embedding tables (``[rows, C]`` each), with sparse gradients.
-        lr: learning rate (a float, or a 0-d tensor a scheduler fills in place).
-        betas, eps: as in SparseAdam.
-        l2: coefficient of the touched-rows L2 penalty whose gradient the step adds.
+    Subclasses name their per-row state (:attr:`STATE`, zero-initialised unless
+    :meth:`_initial` says otherwise) and give the step size and the update rule.
 
     Call :meth:`step` with one ``(rows, mask)`` pair per parameter, in ``params`` order:
     ``rows`` int64 ``[N]`` the table rows the batch looked up, ``mask`` float ``[N]`` 1 for a
     real lookup and 0 for padding.
     """
 
-    def __init__(
-        self,
-        params,
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        l2: float = 0.0,
-    ) -> None:
-        if not float(lr) >= 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"invalid epsilon {eps}")
-        for i, b in enumerate(betas):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"invalid beta parameter at index {i}: {b}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+    #: The per-row state tensors, each shaped like the table ``[rows, C]``.
+    STATE: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, l2: float = 0.0) -> None:
+        if not float(defaults["lr"]) >= 0.0:
+            raise ValueError(f"invalid learning rate {defaults['lr']}")
+        if not defaults["eps"] >= 0.0:
+            raise ValueError(f"invalid epsilon {defaults['eps']}")
+        super().__init__(params, defaults)
         self.l2 = float(l2)
         self.found_inf: Tensor | None = None
         self.exchange: StaticExchange | None = None
@@ -103,27 +106,47 @@ class RowAdam(Optimizer):
         self._grad_sum: dict[int, Tensor] = {}
         self._touches: dict[int, Tensor] = {}
 
+    # ------------------------------------------------------------------ what a rule defines
+
+    def _initial(self, p: Tensor, group: dict, name: str) -> Tensor:
+        """A fresh state tensor ``name`` for table ``p``: zeros."""
+        return torch.zeros_like(p)
+
+    def _step_size(self, group: dict, step: Tensor) -> Tensor | float:
+        """The step's scalar factor of the update (``[]``), from the new step count."""
+        raise NotImplementedError
+
+    def _rule(
+        self, param: Tensor, g: Tensor, states: list[Tensor], size: Tensor, group: dict
+    ) -> tuple[Tensor, list[Tensor]]:
+        """New values of the rows ``param`` ``[R, C]`` and of their states, from their summed
+        gradient ``g`` ``[R, C]`` (computed in :func:`_acc`'s dtype; pure, no in-place ops)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the shared machinery
+
     def compile(self, *, fallback: bool) -> None:
         """Run :meth:`penalty` and the per-table updates through ``torch.compile``: their dozens
         of small ops become a few fused kernels. Shapes are fixed by ``N`` and the table, so
         each table and layout compiles once; call them outside a CUDA graph capture first.
         ``fallback``: a compilation that fails warns and runs the method as written from then
         on (nothing has run when a compilation fails), instead of raising."""
+        what = type(self).__name__
         for name in ("penalty", "_update_rows", "_update_table"):
-            setattr(self, name, compiled(getattr(self, name), f"RowAdam.{name}", fallback))
+            setattr(self, name, compiled(getattr(self, name), f"{what}.{name}", fallback))
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def _state(self, p: Tensor) -> dict:
+    def _state(self, p: Tensor, group: dict) -> dict:
         state = self.state[p]
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+        for name in self.STATE:
+            if name not in state:
+                state[name] = self._initial(p, group, name)
         step = state.get("step", 0)
         if not torch.is_tensor(step) or step.device != p.device or step.dtype != torch.float64:
             # A float64 tensor on the table's device: the step count never leaves the device,
-            # and the bias corrections computed from it are as exact as SparseAdam's.
+            # and the bias corrections computed from it are as exact as torch's.
             state["step"] = torch.tensor(float(step), dtype=torch.float64, device=p.device)
         return state
 
@@ -136,9 +159,10 @@ class RowAdam(Optimizer):
 
     def prepare(self) -> None:
         """Create the state and buffers now (before a CUDA graph capture allocates anything)."""
-        for p in self._params():
-            self._state(p)
-            self._buffers(p)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state(p, group)
+                self._buffers(p)
 
     @torch.no_grad()
     def penalty(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
@@ -158,7 +182,7 @@ class RowAdam(Optimizer):
     def step(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> None:  # type: ignore[override]
         params = self._params()
         if len(lookups) != len(params):
-            raise ValueError(f"RowAdam.step needs {len(params)} (rows, mask) pairs")
+            raise ValueError(f"{type(self).__name__}.step needs {len(params)} (rows, mask) pairs")
         ok = None if self.found_inf is None else 1.0 - self.found_inf  # [] 1 = apply
         pairs = iter(lookups)
         for group in self.param_groups:
@@ -167,7 +191,7 @@ class RowAdam(Optimizer):
                 self._update(p, group, rows, mask.to(_acc(p)), ok)
 
     def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> None:
-        state = self._state(p)
+        state = self._state(p, group)
         grad_sum, touches = self._buffers(p)
         idx, vals = self._entries(p)
         ex = self.exchange
@@ -186,47 +210,44 @@ class RowAdam(Optimizer):
             ex.sum_(grad_sum)
             ex.sum_(touches)
         step = state["step"] + (1.0 if ok is None else ok)  # [] float
-        b1, b2 = group["betas"]
-        safe_step = step.clamp_min(1.0)
-        size = group["lr"] * torch.sqrt(1.0 - b2**safe_step) / (1.0 - b1**safe_step)
+        size = self._step_size(group, step)
+        states = [state[name] for name in self.STATE]
         if whole_table:
-            self._update_table(p, state, grad_sum, touches, size, group["eps"], ok, (b1, b2))
+            self._update_table(p, states, grad_sum, touches, size, group, ok)
         else:
-            self._update_rows(p, state, grad_sum, touches, rows, size, group["eps"], ok, (b1, b2))
+            self._update_rows(p, states, grad_sum, touches, rows, size, group, ok)
         state["step"].copy_(step)
 
-    @staticmethod
-    def _entries(p: Tensor) -> tuple[Tensor, Tensor]:
+    def _entries(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """The gradient's entries (rows [n], values [n, C]); empty when the table has none."""
         if p.grad is None:
             return torch.zeros(0, dtype=torch.int64, device=p.device), p.new_zeros((0, p.shape[1]))
         if not p.grad.is_sparse:
-            raise ValueError("RowAdam needs sparse gradients (embedding.sparse_grad: true)")
+            raise ValueError(
+                f"{type(self).__name__} needs sparse gradients (embedding.sparse_grad: true)"
+            )
         return p.grad._indices()[0], p.grad._values()
 
-    def _update_table(self, p, state, grad_sum, touches, size, eps, ok, betas) -> None:
+    def _update_table(self, p, states, grad_sum, touches, size, group, ok) -> None:
         """The update as masked elementwise passes over the whole table ``[rows, C]``."""
-        b1, b2 = betas
         touched = touches > 0
         if ok is not None:
             touched = touched & (ok > 0)
         touched = touched.unsqueeze(1)  # [rows, 1]
-        apply = touched.to(grad_sum.dtype)
+        param = p.to(grad_sum.dtype)
         # Masked by selection, not by a 0 factor: a skipped step's gradient may hold NaN.
         g = torch.where(touched, grad_sum, grad_sum.new_zeros(()))
         if self.l2 > 0:
-            g = g + (2.0 * self.l2) * p.to(g.dtype) * apply
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, apply * (1.0 - b1))
-        v.lerp_(g * g, apply * (1.0 - b2))
-        direction = m / (v.sqrt() + eps)
-        p.sub_((direction * (apply * size)).to(p.dtype))
+            g = g + (2.0 * self.l2) * param
+        new_p, new_states = self._rule(param, g, states, size, group)
+        for old, new in zip(states, new_states, strict=True):
+            old.copy_(torch.where(touched, new, old))
+        p.copy_(torch.where(touched, new_p, param).to(p.dtype))
         grad_sum.zero_()
         touches.zero_()
 
-    def _update_rows(self, p, state, grad_sum, touches, rows, size, eps, ok, betas) -> None:
+    def _update_rows(self, p, states, grad_sum, touches, rows, size, group, ok) -> None:
         """The update per lookup: gathers of the touched rows, scatters of their new values."""
-        b1, b2 = betas
         apply = touches[rows] > 0  # [N] a real lookup touched this row
         if ok is not None:
             apply = apply & (ok > 0)
@@ -235,12 +256,86 @@ class RowAdam(Optimizer):
         g = grad_sum[rows]
         if self.l2 > 0:
             g = g + (2.0 * self.l2) * param
-        m_old, v_old = state["exp_avg"][rows], state["exp_avg_sq"][rows]
-        m = m_old + (g - m_old) * (1.0 - b1)
-        v = v_old + (g * g - v_old) * (1.0 - b2)
-        new_p = param - size * m / (v.sqrt() + eps)
+        olds = [s[rows] for s in states]
+        new_p, new_states = self._rule(param, g, olds, size, group)
         p.index_copy_(0, rows, torch.where(apply, new_p, param).to(p.dtype))
-        state["exp_avg"].index_copy_(0, rows, torch.where(apply, m, m_old))
-        state["exp_avg_sq"].index_copy_(0, rows, torch.where(apply, v, v_old))
+        for s, old, new in zip(states, olds, new_states, strict=True):
+            s.index_copy_(0, rows, torch.where(apply, new, old))
         grad_sum.index_fill_(0, rows, 0.0)
         touches.index_fill_(0, rows, 0.0)
+
+
+class RowAdam(RowOptimizer):
+    """``torch.optim.SparseAdam``'s update, row-wise (module docstring).
+
+    Args:
+        params: the embedding tables (``[rows, C]`` each), with sparse gradients.
+        lr: learning rate (a float, or a 0-d tensor a scheduler fills in place).
+        betas, eps: as in SparseAdam.
+        l2: coefficient of the touched-rows L2 penalty whose gradient the step adds.
+    """
+
+    STATE = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        l2: float = 0.0,
+    ) -> None:
+        for i, b in enumerate(betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"invalid beta parameter at index {i}: {b}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps}, l2)
+
+    def _step_size(self, group: dict, step: Tensor) -> Tensor:
+        b1, b2 = group["betas"]
+        safe_step = step.clamp_min(1.0)
+        return group["lr"] * torch.sqrt(1.0 - b2**safe_step) / (1.0 - b1**safe_step)
+
+    def _rule(self, param, g, states, size, group):
+        b1, b2 = group["betas"]
+        m_old, v_old = states
+        m = m_old + (g - m_old) * (1.0 - b1)
+        v = v_old + (g * g - v_old) * (1.0 - b2)
+        return param - size * m / (v.sqrt() + group["eps"]), [m, v]
+
+
+class RowAdagrad(RowOptimizer):
+    """``torch.optim.Adagrad``'s update of a sparse gradient, row-wise (module docstring).
+
+    Args:
+        params: the embedding tables (``[rows, C]`` each), with sparse gradients.
+        lr: learning rate (a float, or a 0-d tensor a scheduler fills in place).
+        eps: added to the root of the accumulated squares, as in Adagrad.
+        initial_accumulator_value: the accumulated squares' start (Adagrad's).
+        l2: coefficient of the touched-rows L2 penalty whose gradient the step adds.
+    """
+
+    STATE = ("sum",)
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        eps: float = 1e-10,
+        initial_accumulator_value: float = 0.0,
+        l2: float = 0.0,
+    ) -> None:
+        if not initial_accumulator_value >= 0.0:
+            raise ValueError(f"invalid initial_accumulator_value {initial_accumulator_value}")
+        defaults = {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value}
+        super().__init__(params, defaults, l2)
+
+    def _initial(self, p: Tensor, group: dict, name: str) -> Tensor:
+        return torch.full_like(p, group["initial_accumulator_value"])
+
+    def _step_size(self, group: dict, step: Tensor) -> Tensor | float:
+        return group["lr"]
+
+    def _rule(self, param, g, states, size, group):
+        (s_old,) = states
+        s = s_old + g * g
+        return param - size * g / (s.sqrt() + group["eps"]), [s]
