@@ -61,7 +61,8 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
     ``static`` (``runtime.step_mode: graph``): the same updates in forms a CUDA graph can
     replay: :class:`RowAdagrad` / :class:`RowAdam` instead of torch's (they also add the
     ``embedding.l2_reg`` gradient), a capturable fused AdamW, and learning rates held in device
-    tensors that the schedulers fill in place (``initial_lr`` stays a float, so the schedules stay host maths).
+    tensors that the schedulers fill in place (``initial_lr`` stays a float, so the schedules
+    stay host maths).
     """
     o = cfg.optim
     sparse_params = list(model.sparse_parameters()) if cfg.embedding.sparse_grad else []
@@ -89,13 +90,13 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
     if use_sparse and sparse_params:
         sp, lr = o.sparse, _lr(o.sparse.lr, device, static)
         l2 = cfg.embedding.l2_reg
-        if sp.type == "adagrad":
-            acc = sp.initial_accumulator_value
-            sparse = (
-                RowAdagrad(sparse_params, lr=lr, eps=sp.eps, initial_accumulator_value=acc, l2=l2)
-                if static
-                else _eager_adagrad(sparse_params, lr, sp.eps, acc)
+        acc = sp.initial_accumulator_value
+        if sp.type == "adagrad" and static:
+            sparse = RowAdagrad(
+                sparse_params, lr=lr, eps=sp.eps, initial_accumulator_value=acc, l2=l2
             )
+        elif sp.type == "adagrad":
+            sparse = _eager_adagrad(sparse_params, lr, sp.eps, acc)
         elif static:
             sparse = RowAdam(sparse_params, lr=lr, betas=tuple(sp.betas), eps=sp.eps, l2=l2)
         else:
