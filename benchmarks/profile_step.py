@@ -47,7 +47,7 @@ def attribute(events, steps: int) -> dict:
         name = e.name()
         if e.device_type().name != "CPU":
             # The GPU copies of host ranges (``step.*``, ``Optimizer.step#...``) are not work.
-            if "annotation" not in str(e.activity_type()).lower():
+            if not e.is_user_annotation():
                 device.append(e)
         elif name.startswith(PHASE_PREFIX):
             ranges.append((e.start_ns(), e.end_ns(), name[len(PHASE_PREFIX) :]))

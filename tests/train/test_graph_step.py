@@ -12,6 +12,7 @@ import rec_pipeline.train.graph_step as graph_step
 from rec_pipeline.config import ConfigError, load_config
 from rec_pipeline.train.loop import NonFiniteError, Trainer
 
+TABLES = ("embedding.skeleton_table", "embedding.common_table")
 QUIET = {"grad_diag_enabled": False, "log_health_metrics": False, "save_last": False}
 
 
@@ -116,6 +117,24 @@ def test_a_non_finite_step_stops_with_the_weights_of_before_it(data, monkeypatch
     assert "nor at any later step" in str(err.value)
     for name, value in clean.model.state_dict().items():
         assert torch.equal(poisoned.model.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_one_non_finite_entry_of_a_table_gradient_is_named(data, mode):
+    """A single inf among the tables' sparse gradient values stops the run and names the
+    table: the check reads every gradient through one fused norm."""
+    trainer = _trainer(data, mode, max_train_steps=2, log_every=100, **QUIET)
+    name, table = next((n, p) for n, p in trainer.model.named_parameters() if n in TABLES)
+
+    def poison(grad):
+        assert grad.is_sparse
+        values = grad._values().clone()
+        values[-1, 0] = float("inf")
+        return torch.sparse_coo_tensor(grad._indices(), values, grad.shape)
+
+    table.register_hook(poison)
+    with pytest.raises(NonFiniteError, match=f"step 1: gradient of {name}"):
+        trainer.fit()
 
 
 def test_skip_batch_skips_on_the_device_and_counts(data, monkeypatch):

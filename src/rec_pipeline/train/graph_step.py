@@ -291,13 +291,15 @@ class GraphStep:
             for p in group["params"]
             if p.grad is not None
         ]
-        dense = [g for _, g in grads if not g.is_sparse]
+        grads = [x for x in grads if not x[1].is_sparse] + [x for x in grads if x[1].is_sparse]
         flags = [torch.isfinite(values)]
-        if dense:
-            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(dense))))
-        flags += [torch.isfinite(g._values()).all().view(1) for _, g in grads if g.is_sparse]
-        names = [f"gradient of {n}" for n, g in grads if not g.is_sparse]
-        names += [f"gradient of {n}" for n, g in grads if g.is_sparse]
+        if grads:
+            # A norm is finite iff every entry is (an fp32 overflow of the norm itself counts as
+            # non-finite too): one fused read of every gradient, where isfinite().all() would
+            # make several passes over the tables' [N, C] gradient values.
+            tensors = [g._values() if g.is_sparse else g for _, g in grads]
+            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(tensors))))
+        names = [f"gradient of {n}" for n, _ in grads]
         if t.clip_params:
             with torch.no_grad():
                 norms = torch.stack(torch._foreach_norm([p.detach() for p in t.clip_params]))

@@ -150,30 +150,21 @@ def _cpu_state(model: torch.nn.Module) -> dict:
 
 
 def _grads_finite_flag(optimizers, device: torch.device) -> torch.Tensor:
-    """One device bool: every gradient (dense or sparse) of these optimisers is finite.
-
-    Dense gradients go through one fused ``_foreach_norm`` (a norm is finite iff every entry
-    is, short of an fp32 overflow of the norm itself, which is treated as non-finite too).
-    """
-    dense, flags = [], []
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    flags.append(torch.isfinite(g._values()).all())
-                else:
-                    dense.append(g)
-    if dense:
-        flags.append(torch.isfinite(torch.stack(torch._foreach_norm(dense))).all())
-    if not flags:
-        return torch.tensor(True, device=device)
-    return torch.stack(flags).all()
+    """One device bool: every gradient (dense or sparse) of these optimisers is finite."""
+    grads = [
+        p.grad._values() if p.grad.is_sparse else p.grad
+        for opt in optimizers
+        for group in opt.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
+    return _values_finite_flag(grads, device)
 
 
 def _values_finite_flag(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One device bool: every entry of these tensors is finite. One fused ``_foreach_norm`` (a
+    norm is finite iff every entry is, short of an fp32 overflow of the norm itself, which is
+    treated as non-finite too)."""
     if not tensors:
         return torch.tensor(True, device=device)
     with torch.no_grad():
