@@ -57,3 +57,20 @@ def test_static_batches_give_the_model_the_ordinary_batches(setup):
             assert torch.equal(a.logits[task], b.logits[task])
         lookups = model.embedding.lookups(got)
         assert [float(m.sum()) for _, m in lookups] == [n_sk, n_cm]
+
+
+def test_the_gather_traces_whole_and_gives_the_same_batches(setup):
+    """``runtime.compile`` compiles :meth:`StaticBatches.gather`: it must trace as one graph
+    (no break: every shape is fixed) and give the written code's tensors (traced and run unfused
+    here, fused by inductor on a GPU)."""
+    train, _, plan = setup
+    n_full = full_batches(plan, BATCH)
+    static = StaticBatches(train, needed_sizes(plan, BATCH, n_full), n_full)
+    static.load(plan, start=0)
+    traced = torch.compile(static.gather, fullgraph=True, dynamic=False, backend="aot_eager")
+    for i in (0, 3, n_full - 1):
+        index = torch.tensor([i])
+        got, want = traced(index), static.gather(index)
+        assert len(got) == len(want) == 12
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)

@@ -126,8 +126,15 @@ class StaticBatches:
 
     def next(self) -> Batch:
         """Batch ``counter`` of the loaded plan (fixed shapes); the counter advances by one."""
+        self.current = Batch(*self.gather(self.counter))
+        self.counter.add_(1)
+        return self.current
+
+    def gather(self, i: Tensor) -> tuple[Tensor, ...]:
+        """The tensors of batch ``i`` ([1] device index), in :class:`Batch`'s field order: a
+        pure function of fixed shapes, which the captured step may compile (dozens of small
+        index and elementwise kernels fused into a few)."""
         split, b = self.split, self.sizes.rows
-        i = self.counter
         rows = self.rows.index_select(0, i)[0]  # [B]
         inverse = self.inverse.index_select(0, i)[0]  # [B]
         uniq = self.uniq.index_select(0, i)[0]  # [B] slots, the first n_uniq real
@@ -138,19 +145,4 @@ class StaticBatches:
         cm = gather_fixed(
             split.commons, uniq, split.commons.lengths[uniq] * has_record, self.cm_slots, b
         )
-        self.counter.add_(1)  # after every read of i (the same tensor)
-        self.current = Batch(
-            sk_ids=sk[0],
-            sk_fields=sk[1],
-            sk_weights=sk[2],
-            sk_rows=sk[3],
-            cm_ids=cm[0],
-            cm_fields=cm[1],
-            cm_weights=cm[2],
-            cm_rows=cm[3],
-            cm_inverse=inverse,
-            click=split.click[rows],
-            conversion=split.conversion[rows],
-            index=rows,
-        )
-        return self.current
+        return (*sk, *cm, inverse, split.click[rows], split.conversion[rows], rows)

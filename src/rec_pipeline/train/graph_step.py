@@ -23,11 +23,11 @@ What makes it static:
   the first bad one is a no-op too, so the weights are those before it, as in the eager step.
 
 With ``runtime.compile`` (``auto``: where Triton is installed) the objective between the bag
-pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses)
-and the row optimiser's updates run through ``torch.compile``, so the capture records a few
-fused kernels where the written code launches hundreds. They compile in eager warm-up steps,
-before any capture: at the start, when the aux-focal term switches on, and when the value slots
-grow.
+pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses),
+the row optimiser's updates and the static batch gather run through ``torch.compile``, so the
+capture records a few fused kernels where the written code launches hundreds. They compile in
+eager warm-up steps, before any capture: at the start, when the aux-focal term switches on, and
+when the value slots grow.
 
 The graph is captured again (a few steps of eager warm-up only the first time) when the value
 slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
@@ -58,7 +58,7 @@ from rec_pipeline.data.static_batches import (
     needed_sizes,
 )
 from rec_pipeline.model.builder import ModelOutput
-from rec_pipeline.train.compiling import compile_wanted, warn_fallback
+from rec_pipeline.train.compiling import compile_wanted, compiled, warn_fallback
 from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
 from rec_pipeline.train.precision import autocast
@@ -139,6 +139,10 @@ class GraphStep:
             self.graph = None  # its buffers are about to be replaced
             self.warm = 0  # new shapes: compiled pieces compile again, outside a capture
             self.batches = StaticBatches(self.trainer.train_data, sizes, n_full)
+            if self.objective_fn is not None:  # runtime.compile: the gather too
+                fallback = self.compile_mode == "auto"
+                gather = compiled(self.batches.gather, "the static batch gather", fallback)
+                self.batches.gather = gather
         self.batches.load(plan, start)
         return n_full
 
