@@ -62,6 +62,7 @@ def test_real_data_environment_is_the_source_recipe():
         },
         "runtime": {"valid_every": None},
         "optim": {"sparse": {"type": "adam"}},
+        "data": {"neg_keep_at_least": None},
     }
     recipe = deep_merge(yaml.safe_load(RECIPE.read_text()), predates)
     got, want = resolved(load_config(env_parameters("aliccp"))), resolved(load_config(recipe))

@@ -152,6 +152,9 @@ class DataConfig(_Model):
     debug: bool = False
     seed: int = 20260127
     neg_keep_prob_train: float = Field(0.4, gt=0.0, le=1.0)
+    # Raises that rate, up to 1, so that about this many training negatives are kept: a small
+    # log keeps more of its rows. None: the rate alone, as in the source recipe.
+    neg_keep_at_least: int | None = Field(450_000, ge=0)
 
     source: Literal["synthetic", "files"] = "synthetic"
     valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)

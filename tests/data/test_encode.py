@@ -17,7 +17,13 @@ from rec_pipeline.data.encode import (
     encode_samples,
     split_train_rows,
 )
-from rec_pipeline.data.sampling import negative_draws, sample_negatives, valid_group_mask
+from rec_pipeline.data.sampling import (
+    keep_prob_for,
+    negative_draws,
+    sample_negatives,
+    training_keep_prob,
+    valid_group_mask,
+)
 from rec_pipeline.data.shards import ShardSet, ShardWriter
 from rec_pipeline.data.stats import SplitStats
 from rec_pipeline.data.vocab import IdCounter, Vocabulary, vocabulary_frame
@@ -152,6 +158,38 @@ def test_negative_sampling_keeps_fraction_and_only_training_negatives():
     # Same seed and chunk: same draws; another chunk index: different draws.
     assert np.array_equal(negative_draws(click, 3, 0), draws)
     assert not np.array_equal(negative_draws(click, 3, 1), draws)
+
+
+@pytest.mark.parametrize(
+    ("keep", "at_least", "negatives", "want"),
+    [
+        (0.4, None, 1_000, 0.4),  # the share alone
+        (0.4, 100, 1_000, 0.4),  # the share keeps more than the floor asks
+        (0.4, 700, 1_000, 0.7),  # raised to keep the floor
+        (0.4, 5_000, 1_000, 1.0),  # fewer negatives than the floor: all of them
+        (0.4, 700, 0, 0.4),  # nothing to sample
+    ],
+)
+def test_keep_prob_floor(keep, at_least, negatives, want):
+    assert keep_prob_for(keep, at_least, negatives) == pytest.approx(want)
+
+
+def test_keep_floor_keeps_about_that_many_negatives():
+    """The raised rate, read off the encode report, keeps about the floor's count of the
+    split's negatives through the real sampler."""
+    rng = np.random.default_rng(5)
+    t = parsed_samples(rng, 40_000, 2_000)
+    train, _, draws = split_train_rows(t, valid_fraction=0.2, seed=3, chunk=0)
+    table = t.filter(pa.array(train)).append_column("keep_draw", pa.array(draws[train]))
+    click = table.column("click").to_numpy()
+    report = {"splits": {"train_all": {"rows": table.num_rows, "clicks": int(click.sum())}}}
+    n_neg = int((click == 0).sum())
+    at_least = n_neg * 3 // 4
+    rate = training_keep_prob(0.4, at_least, report)
+    (_, sampled), *_ = list(sample_negatives([table], rate))
+    assert sampled["keep_prob"] == pytest.approx(0.75, abs=1e-4)
+    assert abs(sampled["negatives_kept"] - at_least) < 5 * np.sqrt(n_neg * 0.75 * 0.25)
+    assert training_keep_prob(0.4, n_neg // 10, report) == 0.4
 
 
 def test_negative_sampling_in_workers_keeps_the_same_rows_and_report(tmp_path):

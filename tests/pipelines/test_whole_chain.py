@@ -84,10 +84,13 @@ def test_each_pipeline_runs_alone_on_data_outside_the_default_folder(project):
         run(project, name)
     cat = catalog(project)
     assert cat.load("evaluation_metrics")["tasks"]["ctr"]["oracle_auc"] is not None
-    # A new keep probability: sampling and its dependants rerun, nothing is parsed again.
+    # A log this small keeps every negative (data.neg_keep_at_least)...
+    assert cat.load("metadata")["neg_keep_prob_train"] == 1.0
+    # ... a new keep probability: sampling and its dependants rerun, nothing is parsed again.
     parsed = project / "data/02_intermediate/parsed/train_samples"
     stamp = {p.name: p.stat().st_mtime_ns for p in parsed.iterdir()}
-    run(project, "sampling", {**TINY, "data": {"neg_keep_prob_train": 0.2}})
+    rate = {"neg_keep_prob_train": 0.2, "neg_keep_at_least": None}
+    run(project, "sampling", {**TINY, "data": rate})
     assert {p.name: p.stat().st_mtime_ns for p in parsed.iterdir()} == stamp
     meta = catalog(project).load("metadata")
     assert meta["neg_keep_prob_train"] == 0.2

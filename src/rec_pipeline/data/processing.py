@@ -18,7 +18,7 @@ from rec_pipeline.data.encode import ENCODE_OUTPUTS, encode_splits
 from rec_pipeline.data.metadata import DatasetMetadata, describe
 from rec_pipeline.data.parsing import PARSE_OUTPUTS, parse_raw_files
 from rec_pipeline.data.raw import RawFiles
-from rec_pipeline.data.sampling import sample_negatives
+from rec_pipeline.data.sampling import sample_negatives, training_keep_prob
 from rec_pipeline.data.shards import ShardSet, ShardWriter
 from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
 
@@ -108,12 +108,11 @@ def process_folder(
         seconds = encode_folder(raw, data, vocab, folder)
     t0 = time.perf_counter()
     train_all = ShardSet(folder / "encoded_train_all")
-    sampled = sample_negatives(
-        train_all, data.neg_keep_prob_train, staging=folder / STAGING, workers=data.workers
-    )
+    report = json.loads((folder / "encode_report.json").read_text())
+    keep = training_keep_prob(data.neg_keep_prob_train, data.neg_keep_at_least, report)
+    sampled = sample_negatives(train_all, keep, staging=folder / STAGING, workers=data.workers)
     sampling = write_shards(folder / "sampled", ["encoded_train"], sampled)
     seconds["sampling"] = time.perf_counter() - t0
     vocabularies = pd.read_parquet(folder / "vocabularies.parquet")
-    report = json.loads((folder / "encode_report.json").read_text())
     metadata = describe(vocabularies, report, sampling, data, vocab)
     return ProcessedData(folder, metadata, seconds)

@@ -5,6 +5,7 @@ Both are pure functions of their inputs and a seed, so a rerun reproduces the sa
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from rec_pipeline.data.workers import ordered_map, worker_count
 
 # Column of the unsampled training rows that holds each row's negative-sampling draw.
 KEEP_DRAW = "keep_draw"
+
+log = logging.getLogger(__name__)
 
 
 def _hash_key(seed: int) -> str:
@@ -97,6 +100,36 @@ def _sample_shard(path: str, keep_prob: float, staging: str, compression: str) -
     out, counts, kept = _sample_table(pq.read_table(path), keep_prob)
     part = write_part(out, Path(staging) / f"sampled-{Path(path).stem}.parquet", compression)
     return _ShardSample(part, counts, kept)
+
+
+def keep_prob_for(keep_prob: float, at_least: int | None, negatives: int) -> float:
+    """The rate training negatives are kept at: ``keep_prob``, raised (up to 1) so that about
+    ``at_least`` of the split's ``negatives`` stay; ``at_least=None`` leaves it as given.
+
+    Sampling negatives buys speed on large logs; on a small one the rows it drops are the
+    information the model lacks, so the floor is a count of negatives rather than a share.
+    """
+    if at_least is None or negatives <= 0:
+        return float(keep_prob)
+    return max(float(keep_prob), min(1.0, at_least / negatives))
+
+
+def training_keep_prob(keep_prob: float, at_least: int | None, encode_report: dict) -> float:
+    """:func:`keep_prob_for` the encoded training split (its non-click rows, from the encode
+    report), logged when the floor raises the rate."""
+    stats = encode_report["splits"]["train_all"]
+    negatives = int(stats["rows"]) - int(stats["clicks"])
+    rate = keep_prob_for(keep_prob, at_least, negatives)
+    if rate > keep_prob:
+        log.info(
+            "Keeping training negatives at %.3f, above data.neg_keep_prob_train=%s, so that "
+            "data.neg_keep_at_least=%d of the %d stay",
+            rate,
+            keep_prob,
+            at_least,
+            negatives,
+        )
+    return rate
 
 
 def sample_negatives(

@@ -26,9 +26,12 @@ SHARDS = [
 KEPT = ("vocabularies", "encode_report", "parse_report")
 
 
-def _catalog(tmp_path, keep_prob: float, raw=None, workers: int = 1) -> DataCatalog:
+def _catalog(
+    tmp_path, keep_prob: float, raw=None, workers: int = 1, at_least: int | None = None
+) -> DataCatalog:
     params = Config().model_dump(by_alias=True)
     params["data"].update(source="files", workers=workers, chunk_mb=1)
+    params["data"].update(neg_keep_prob_train=keep_prob, neg_keep_at_least=at_least)
     params["vocab"]["min_count"] = 1
     if raw is None:
         raw = tmp_path / "raw"
@@ -45,8 +48,6 @@ def _catalog(tmp_path, keep_prob: float, raw=None, workers: int = 1) -> DataCata
             **kept,
             "params:data": MemoryDataset(params["data"]),
             "params:vocab": MemoryDataset(params["vocab"]),
-            "params:data.neg_keep_prob_train": MemoryDataset(keep_prob),
-            "params:data.workers": MemoryDataset(workers),
         }
     )
 
@@ -79,6 +80,11 @@ def test_sampling_reruns_alone_on_the_encoded_rows(tmp_path):
         sampled.column("click").to_numpy() == 1
     ).sum()  # every click kept
     assert out["metadata"].load()["neg_keep_prob_train"] == 0.3
+    # A floor above the split's negatives keeps them all, and the metadata says so.
+    catalog = _catalog(tmp_path, keep_prob=0.3, at_least=10**6)
+    out = SequentialRunner().run(create_sampling_pipeline(), catalog)
+    assert catalog["encoded_train"].load().read().equals(full)
+    assert out["metadata"].load()["neg_keep_prob_train"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from rec_pipeline.data.metadata import describe
 from rec_pipeline.data.parsing import parse_raw_files
 from rec_pipeline.data.quality import data_quality_report
 from rec_pipeline.data.raw import RawFiles
-from rec_pipeline.data.sampling import sample_negatives
+from rec_pipeline.data.sampling import sample_negatives, training_keep_prob
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
 
@@ -100,17 +100,18 @@ def encode_features(
 
 
 def sample_training_negatives(
-    encoded_train_all: ShardSet, shard_staging: Path, keep_prob: float, workers: int | str
+    encoded_train_all: ShardSet, encode_report: dict, shard_staging: Path, data: dict[str, Any]
 ) -> Iterator[tuple]:
-    """Keep every click and each training negative with probability ``keep_prob``, shards in
-    ``workers`` processes (``data.workers``) that write their own part files.
+    """Keep every click and each training negative with ``data.neg_keep_prob_train`` (raised on
+    a small log by ``data.neg_keep_at_least``), shards in ``data.workers`` processes that write
+    their own part files.
 
     Rerun alone (``kedro run --pipeline=sampling --params data.neg_keep_prob_train=0.2``) to
     change the rate without parsing or encoding again.
     """
-    yield from sample_negatives(
-        encoded_train_all, float(keep_prob), staging=shard_staging, workers=workers
-    )
+    d = load_section("data", data)
+    keep = training_keep_prob(d.neg_keep_prob_train, d.neg_keep_at_least, encode_report)
+    yield from sample_negatives(encoded_train_all, keep, staging=shard_staging, workers=d.workers)
 
 
 def describe_dataset(

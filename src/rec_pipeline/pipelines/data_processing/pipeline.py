@@ -24,9 +24,9 @@ def create_sampling_pipeline(**kwargs) -> Pipeline:
                 sample_training_negatives,
                 inputs=[
                     "encoded_train_all",
+                    "encode_report",
                     "shard_staging",
-                    "params:data.neg_keep_prob_train",
-                    "params:data.workers",
+                    "params:data",
                 ],
                 outputs=["encoded_train", "sampling_report"],
                 name="sample_training_negatives",
