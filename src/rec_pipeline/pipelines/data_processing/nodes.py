@@ -106,7 +106,7 @@ def sample_training_negatives(
     a small log by ``data.neg_keep_at_least``), shards in ``data.workers`` processes that write
     their own part files.
 
-    Rerun alone (``kedro run --pipeline=sampling --params data.neg_keep_prob_train=0.2``) to
+    Rerun alone (``kedro run --pipeline=sampling --params data.neg_keep_prob_train=0.3``) to
     change the rate without parsing or encoding again.
     """
     d = load_section("data", data)
