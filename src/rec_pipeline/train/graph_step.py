@@ -295,7 +295,6 @@ class GraphStep:
             for p in group["params"]
             if p.grad is not None
         ]
-        grads = [x for x in grads if not x[1].is_sparse] + [x for x in grads if x[1].is_sparse]
         flags = [torch.isfinite(values)]
         if grads:
             # A norm is finite iff every entry is (an fp32 overflow of the norm itself counts as
