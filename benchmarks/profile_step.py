@@ -8,7 +8,8 @@ is run eagerly under ``torch.profiler`` (after warm-up steps) and every device a
 memset, memcpy) is attributed to the step phase (``step.forward``, ``step.backward``, ...; the
 ranges :func:`rec_pipeline.train.graph_step.phase` opens) in which the host launched it. Printed
 per batch size: activities per step and device microseconds per step for each phase, and the
-busiest kernels of each. ``--json`` appends the figures as one line per batch size.
+kernels that took the most device time in each. ``--json`` appends the figures as one line per
+batch size.
 
 Device time here is that of kernels run back to back from an eager host; in a graph replay the
 launch gaps shrink, so the per-phase device time is the floor the replay approaches.
@@ -66,18 +67,22 @@ def attribute(events, steps: int) -> dict:
 
     count: Counter = Counter()
     micros: defaultdict = defaultdict(float)
-    kernels: defaultdict = defaultdict(Counter)
+    kernels: defaultdict = defaultdict(Counter)  # device microseconds by kernel name
+    launches: defaultdict = defaultdict(Counter)
     for e in device:
         t = runtime.get(e.correlation_id(), ops.get(e.linked_correlation_id()))
         name = phase_at(t) if t is not None else "(unlinked)"
         count[name] += 1
         micros[name] += e.duration_ns() / 1e3
-        kernels[name][e.name()[:80]] += 1
+        kernels[name][e.name()[:100]] += e.duration_ns() / 1e3
+        launches[name][e.name()[:100]] += 1
     return {
         name: {
             "activities": count[name] / steps,
             "device_us": micros[name] / steps,
-            "top": [[k, n / steps] for k, n in kernels[name].most_common(6)],
+            "top": [
+                [k, launches[name][k] / steps, us / steps] for k, us in kernels[name].most_common(6)
+            ],
         }
         for name in sorted(count, key=lambda n: -count[n])
     }
@@ -136,8 +141,8 @@ def main() -> None:
         )
         for name, v in phases.items():
             print(f"  {name:20s} {v['activities']:6.0f} {v['device_us']:9.1f} us")
-            for k, n in v["top"]:
-                print(f"      {n:5.0f} x {k}")
+            for k, n, us in v["top"]:
+                print(f"      {us:8.1f} us {n:4.0f} x {k}")
         if args.json:
             with open(args.json, "a") as fh:
                 row = {"batch": bs, "override": args.override, "activities": total_n}

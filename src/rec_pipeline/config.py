@@ -643,6 +643,10 @@ class RuntimeConfig(_Model):
     # (an error if that fails). auto: compile where Triton is installed, and run it as written,
     # with a warning, if compiling fails. off: as written.
     compile: Literal["auto", "dense", "off"] = "auto"
+    # The embedding bags' pooling on a GPU (model/bag_sums.py): triton (one program per bag,
+    # and the captured step's backward summed straight into the row optimiser's buffers), torch
+    # (embedding_bag), auto: triton where it is installed. The CPU always runs torch's.
+    pooling_kernel: Literal["auto", "torch", "triton"] = "auto"
     auto_eval: bool = True
     auto_eval_split: Literal["valid", "test"] = "valid"
     auto_eval_save_preds: bool = True

@@ -842,3 +842,22 @@ def test_pairwise_dots_match_a_loop_over_field_pairs():
     )
     torch.testing.assert_close(pairwise_dots(e), want)
     assert pair_count(5) == 10 == pairwise_dots(e).shape[1]
+
+
+def test_pooling_into_gradient_sinks_gives_the_tables_gradients():
+    """``pool(batch, sinks)``: the tables get no ``.grad`` and the sinks hold what it would be."""
+    torch.manual_seed(0)
+    cfg = load_config(_seed_params())
+    meta = _meta_for(cfg)
+    emb = build_model(cfg, meta).embedding.double()
+    batch = random_batch(meta, n=12, n_common=4, seed=3)
+    stacked = emb.pool(batch)
+    g = torch.randn_like(stacked)
+    (stacked * g).sum().backward()
+    expected = [t.grad.to_dense() for t in emb.tables()]
+    emb.zero_grad(set_to_none=True)
+    sinks = [torch.zeros_like(t) for t in emb.tables()]
+    (emb.pool(batch, sinks) * g).sum().backward()
+    assert all(t.grad is None for t in emb.tables())
+    for sink, ref in zip(sinks, expected, strict=True):
+        torch.testing.assert_close(sink, ref, rtol=1e-12, atol=1e-12)

@@ -119,11 +119,10 @@ def test_a_non_finite_step_stops_with_the_weights_of_before_it(data, monkeypatch
         assert torch.equal(poisoned.model.state_dict()[name], value), name
 
 
-@pytest.mark.parametrize("mode", ["eager", "graph"])
-def test_one_non_finite_entry_of_a_table_gradient_is_named(data, mode):
-    """A single inf among the tables' sparse gradient values stops the run and names the
-    table: the check reads every gradient through one fused norm."""
-    trainer = _trainer(data, mode, max_train_steps=2, log_every=100, **QUIET)
+def test_one_non_finite_entry_of_a_table_gradient_is_named(data):
+    """Eager step: a single inf among the tables' sparse gradient values stops the run and
+    names the table: the check reads every gradient through one fused norm."""
+    trainer = _trainer(data, "eager", max_train_steps=2, log_every=100, **QUIET)
     name, table = next((n, p) for n, p in trainer.model.named_parameters() if n in TABLES)
 
     def poison(grad):
@@ -135,6 +134,33 @@ def test_one_non_finite_entry_of_a_table_gradient_is_named(data, mode):
     table.register_hook(poison)
     with pytest.raises(NonFiniteError, match=f"step 1: gradient of {name}"):
         trainer.fit()
+
+
+def test_the_graph_step_sums_table_gradients_into_the_row_optimiser(data, monkeypatch):
+    """Graph step: the pooling's backward fills the row optimiser's sums (the tables get no
+    ``.grad``), and one inf in the pooled embeddings' gradient, which every table gradient
+    entry is summed from, stops the run under that name."""
+    trainer = _trainer(data, "graph", max_train_steps=2, log_every=100, **QUIET)
+    sinks = trainer.opt.sparse.grad_sinks()
+    assert trainer.graph.sinks is not None and len(sinks) == len(TABLES)
+    pool = type(trainer.model.embedding).pool
+
+    def poisoned_pool(self, batch, sinks=None):
+        assert sinks is not None
+        stacked = pool(self, batch, sinks)
+
+        def poison(grad):
+            grad = grad.clone()
+            grad.view(-1)[-1] = float("inf")
+            return grad
+
+        stacked.register_hook(poison)
+        return stacked
+
+    monkeypatch.setattr(type(trainer.model.embedding), "pool", poisoned_pool)
+    with pytest.raises(NonFiniteError, match="step 1: gradient of the pooled embeddings"):
+        trainer.fit()
+    assert all(p.grad is None for n, p in trainer.model.named_parameters() if n in TABLES)
 
 
 def test_skip_batch_skips_on_the_device_and_counts(data, monkeypatch):

@@ -127,13 +127,47 @@ def test_l2_is_the_gradient_of_the_penalty_on_distinct_touched_rows(rule, layout
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_penalty_counts_each_distinct_real_row_once():
+@LAYOUTS
+def test_last_penalty_counts_each_distinct_real_row_once_before_the_update(layout, monkeypatch):
+    _force(monkeypatch, layout)
     table = torch.nn.Parameter(torch.randn(ROWS, COLS, dtype=torch.float64))
+    before = table.detach().clone()
     opt = RowAdam([table], l2=0.1)
     rows = torch.tensor([3, 3, 7, 9, 9, 9, 11])
     mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
-    expected = sum(float(table.detach()[r].pow(2).sum()) for r in (3, 7, 9))  # 11: padding only
-    assert float(opt.penalty([(rows, mask)])) == pytest.approx(expected, rel=1e-12)
+    _loss(table, rows, torch.zeros(7, COLS, dtype=torch.float64)).backward()
+    opt.step([(rows, mask)])
+    expected = sum(float(before[r].pow(2).sum()) for r in (3, 7, 9))  # 11: padding only
+    assert float(opt.last_penalty) == pytest.approx(expected, rel=1e-6)  # fp32
+    assert not torch.equal(table.detach()[3], before[3])  # the rows moved after it
+
+
+def test_no_penalty_without_l2():
+    table = torch.nn.Parameter(torch.randn(ROWS, COLS, dtype=torch.float64))
+    opt = RowAdam([table])
+    _loss(table, torch.tensor([1, 2]), torch.zeros(2, COLS, dtype=torch.float64)).backward()
+    opt.step([(torch.tensor([1, 2]), torch.ones(2, dtype=torch.float64))])
+    assert opt.last_penalty is None
+
+
+@RULES
+@LAYOUTS
+def test_a_gradient_sink_gives_the_same_update_as_the_sparse_gradient(rule, layout, monkeypatch):
+    """The sums a backward adds into :meth:`grad_sinks` (``.grad`` left empty) step the table
+    exactly as the sparse gradient they sum."""
+    _force(monkeypatch, layout)
+    _, expected, _ = _train(rule, row=True, l2=0.3)
+    start, batches = _batches(6)
+    table = torch.nn.Parameter(start.clone())
+    opt = ROW_FORM[rule](table, 0.3)
+    (sink,) = opt.grad_sinks()
+    for rows, target in batches:
+        opt.zero_grad()
+        with torch.no_grad():  # the loss's gradient, summed into rows by hand
+            sink.index_add_(0, rows, 2 * (table[rows] - target))
+        assert table.grad is None
+        opt.step([(rows, torch.ones(40, dtype=torch.float64))])
+    torch.testing.assert_close(table.detach(), expected, rtol=1e-12, atol=1e-12)
 
 
 @RULES

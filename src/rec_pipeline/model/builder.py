@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
+from .bag_sums import resolve_kernel
 from .embedding import BatchLike, FusedFieldEmbedding
 from .fm import FMLayer, pair_count, pairwise_dots
 from .heads import TaskHead
@@ -261,6 +262,7 @@ class DeepFmMmoe(nn.Module):
             linear_terms=plan.linear_terms,
             touched_l2=cfg.embedding.l2_reg > 0,
             value_vectors=cfg.embedding.value_vectors,
+            kernel=resolve_kernel(cfg.runtime.pooling_kernel),
         )
         self.deep = MLP(
             plan.dense_dim,

@@ -12,11 +12,14 @@ uses only its first ``d_f`` columns: the pooled output is multiplied by a consta
 0/1 mask, so the unused columns contribute nothing downstream and receive zero gradient; sums
 over fields (FM, ``sum_emb``) are therefore exact.
 
-Pooling. One ``F.embedding_bag`` call per side, with one bag per (row, field) pair
-(``bag = row * F_side + field``); bag offsets come from a bag-count cumsum built with
-``index_add_`` (no host synchronisation). ``mode="sum"`` gives ``sum_i w_i e_i``; ``mode="mean"``
-divides that by ``sum_i w_i`` (a bag whose weights sum to 0, in particular an empty bag, pools
-to 0).
+Pooling. One :func:`~rec_pipeline.model.bag_sums.bag_sums` call per side (``embedding_bag``'s
+weighted sums and the bags' weight sums in one pass; torch ops, or Triton kernels on a GPU with
+``kernel="triton"``), with one bag per (row, field) pair (``bag = row * F_side + field``); bag
+offsets come from a bag-count cumsum built with ``index_add_`` (no host synchronisation).
+``mode="sum"`` gives ``sum_i w_i e_i``; ``mode="mean"`` divides that by ``sum_i w_i`` (a bag
+whose weights sum to 0, in particular an empty bag, pools to 0). :meth:`FusedFieldEmbedding.pool`
+takes optional gradient sinks, one ``[rows, C]`` buffer per table: the backward then adds the
+tables' gradients into them (a row optimiser's gradient sums) instead of making sparse ones.
 
 Bag weights. A weighted mean turns a one-id bag into its bare vector (``w e / w = e``), so the
 intensity that Ali-CCP's cross fields carry as their value (a log count) would never reach the
@@ -46,6 +49,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rec_pipeline.model.bag_sums import KERNELS, bag_sums
 
 #: Most padding values pooled into one (discarded) bag: see ``FusedFieldEmbedding._pool``.
 PAD_BAG = 32
@@ -165,6 +170,8 @@ class FusedFieldEmbedding(nn.Module):
             batch looks up, each distinct row once (``EmbeddingOutput.touched_l2``).
         value_vectors: field names whose value-scaled vector (the mean of ``w_i e_i`` over the
             bag) is also output (``EmbeddingOutput.value_vectors``).
+        kernel: the pooling's implementation on CUDA tables, ``"torch"`` or ``"triton"``
+            (CPU tables always use torch's).
     """
 
     def __init__(
@@ -181,8 +188,12 @@ class FusedFieldEmbedding(nn.Module):
         linear_terms: int = 1,
         touched_l2: bool = False,
         value_vectors: Sequence[str] = (),
+        kernel: str = "torch",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"embedding kernel must be one of {KERNELS} (got {kernel!r})")
+        self.kernel = kernel
         fields = [*skeleton_fields, *common_fields]
         _check_arguments(fields, vocab_sizes, dims, mode, weight_channel, linear_terms)
         unknown = [f for f in value_vectors if f not in fields]
@@ -295,6 +306,7 @@ class FusedFieldEmbedding(nn.Module):
         weights: Tensor,
         rows: Tensor,
         n_rows: int,
+        sink: Tensor | None,
     ) -> Tensor:
         """Pool one side: values -> ``[n_rows, F_side, D + L (+ 1) (+ D)]``.
 
@@ -303,8 +315,8 @@ class FusedFieldEmbedding(nn.Module):
         ``value_vectors`` D columns holding the mean of ``w_i e_i`` over the bag's ids.
 
         Values whose row is ``n_rows`` (a static batch's padding, always after the real values)
-        pool into extra bags of at most :data:`PAD_BAG` values each, dropped here: one bag per
-        thread block in ``embedding_bag``, so a single bag of every padding value would make a
+        go to extra bags of at most :data:`PAD_BAG` values each, never read: one bag per thread
+        block in ``embedding_bag``, so a single bag of every padding value would make a
         straggler block that serialises the whole padding.
         """
         n_fields = row_offset.shape[0]
@@ -314,44 +326,46 @@ class FusedFieldEmbedding(nn.Module):
         bag = torch.where(rows < n_rows, rows * n_fields + fields, n_real + position // PAD_BAG)
         counts = torch.zeros(n_bags + 1, dtype=torch.long, device=ids.device)
         counts.index_add_(0, bag + 1, torch.ones_like(bag))
-        offsets = counts.cumsum(0)  # [n_bags + 1]; include_last_offset=True
-        n_ids = counts[1:].to(table.dtype)  # [n_bags] ids per bag
-        w = weights.to(table.dtype)
-        pooled = F.embedding_bag(
-            ids + row_offset[fields],
+        offsets = counts.cumsum(0)  # [n_bags + 1]
+        n_ids = counts[1 : n_real + 1].to(table.dtype)  # [n_real] ids per bag
+        pooled, wsum = bag_sums(
             table,
+            ids + row_offset[fields],
+            weights.to(table.dtype),
+            bag,
             offsets,
-            mode="sum",
-            per_sample_weights=w,
-            include_last_offset=True,
+            n_real,
+            sink=sink,
+            kernel=self.kernel if table.is_cuda else "torch",
             sparse=self.sparse,
-        )  # [n_bags, D + L]
+        )  # [n_real, D + L], [n_real]
         columns = [pooled]
         if self.value_vector_index.numel():
             # mean of w_i e_i over the bag's ids (0 for an empty bag), before any division
             columns.append(pooled[:, : self.dim] / n_ids.clamp_min(1.0).unsqueeze(1))
-        wsum = None
-        if self.mode == "mean" or self.weight_channel == "dense":
-            wsum = torch.zeros(n_bags, dtype=table.dtype, device=ids.device).index_add_(0, bag, w)
         if self.mode == "mean":
             # "scale" divides by the id count instead: the mean of w_i e_i over the bag.
             denom = n_ids if self.weight_channel == "scale" else wsum
             denom = torch.where(denom != 0, denom, torch.ones_like(denom))
             columns[0] = pooled / denom.unsqueeze(1)
         if self.weight_channel == "dense":
-            mean_w = wsum / n_ids.clamp_min(1.0)  # [n_bags]; 0 for an empty bag
+            mean_w = wsum / n_ids.clamp_min(1.0)  # [n_real]; 0 for an empty bag
             columns.insert(1, mean_w.unsqueeze(1))
         pooled = columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
-        return pooled[:n_real].view(n_rows, n_fields, -1)
+        return pooled.view(n_rows, n_fields, -1)
 
     def forward(self, batch: BatchLike) -> EmbeddingOutput:
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
         return self.split(self.pool(batch), touched_l2=self.touched_rows_l2(batch))
 
-    def pool(self, batch: BatchLike) -> Tensor:
+    def pool(self, batch: BatchLike, sinks: Sequence[Tensor] | None = None) -> Tensor:
         """The lookups and bag pooling of both sides: ``stacked [B, F, D + L (+ 1) (+ D)]`` (columns as
-        in :meth:`_pool`). The only part of the forward with data-dependent (jagged) inputs."""
+        in :meth:`_pool`). The only part of the forward with data-dependent (jagged) inputs.
+
+        ``sinks``: one fp32 buffer shaped like each table (:meth:`tables` order); the backward
+        adds the tables' gradients into them and leaves the tables' ``.grad`` untouched."""
         n_rows = batch.cm_inverse.shape[0]  # B
+        sink = iter(sinks) if sinks is not None else None
         parts = []
         if self.skeleton_table is not None:
             parts.append(
@@ -363,6 +377,7 @@ class FusedFieldEmbedding(nn.Module):
                     batch.sk_weights,
                     batch.sk_rows,
                     n_rows,
+                    next(sink) if sink is not None else None,
                 )
             )  # [B, Fs, D + 1]
         if self.common_table is not None:
@@ -374,6 +389,7 @@ class FusedFieldEmbedding(nn.Module):
                 batch.cm_weights,
                 batch.cm_rows,
                 n_rows,  # U <= B bag-rows; see the module docstring
+                next(sink) if sink is not None else None,
             )
             parts.append(common.index_select(0, batch.cm_inverse))  # [B, Fc, D + 1]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -449,5 +465,6 @@ class FusedFieldEmbedding(nn.Module):
         return (
             f"fields={self.num_fields} (skeleton {len(self.skeleton_fields)}, common "
             f"{len(self.common_fields)}), dim={self.dim}, concat_dim={self.concat_dim}, "
-            f"mode={self.mode}, weight_channel={self.weight_channel}, sparse={self.sparse}"
+            f"mode={self.mode}, weight_channel={self.weight_channel}, sparse={self.sparse}, "
+            f"kernel={self.kernel}"
         )

@@ -13,7 +13,10 @@ What makes it static:
 * optimisers: :mod:`~rec_pipeline.train.row_optimizers` (torch's sparse Adagrad / SparseAdam
   update without the coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the
   forward needs no ``unique``) and a capturable fused AdamW, learning rates in device tensors
-  the schedulers fill;
+  the schedulers fill; on one rank the bag pooling's backward adds the tables' gradients
+  straight into the row optimiser's gradient sums (``bag_sums``' sinks), so no sparse
+  ``[N, C]`` gradient is made, and the guard checks the pooled embeddings' gradient ``[B, F, C]``
+  in its place (every table entry's gradient is a weighted sum of its entries);
 * the positive weights live in a device tensor, refreshed from the host only when they change;
 * the guard: the finite flags of the loss components, every gradient and every guarded
   parameter are combined on the device into the optimisers' ``found_inf``, so a step with a
@@ -92,8 +95,12 @@ class GraphStep:
         dev = t.device
         self.capture = dev.type == "cuda"
         self.exchange = StaticExchange() if t.ranks is not None else None
+        # The row optimiser's gradient sums, which the pooling's backward fills (one rank).
+        self.sinks: list[Tensor] | None = None
         if isinstance(t.opt.sparse, RowOptimizer):
             t.opt.sparse.exchange = self.exchange
+            if self.exchange is None:
+                self.sinks = t.opt.sparse.grad_sinks()
         self.batches: StaticBatches | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: bool | None = None
@@ -231,7 +238,9 @@ class GraphStep:
             batch = t.oov_dropout(batch)
         with phase("forward"):
             with autocast(t.device, t.amp_dtype, cache=False):
-                stacked = t.model.embedding.pool(batch)  # [B, F, D + L (+ 1) (+ D)]
+                stacked = t.model.embedding.pool(batch, self.sinks)  # [B, F, D + L (+ 1) (+ D)]
+            if self.sinks is not None:
+                stacked.retain_grad()  # the guard's stand-in for the tables' gradients
             objective = self.objective_fn if static and self.objective_fn else self._objective
             total, names, values = objective(
                 stacked, batch.click, batch.conversion, focal_active(t.cfg, t.step)
@@ -244,12 +253,9 @@ class GraphStep:
                 t.exchange.reduce_dense()
         with phase("guard"):
             lookups = t.model.embedding.lookups(batch)
-            if isinstance(t.opt.sparse, RowOptimizer) and t.opt.sparse.l2 > 0:
-                # The penalty's gradient is the row optimiser's; its value joins the loss log here.
-                penalty = t.opt.sparse.penalty(lookups).float().view(1)
-                names = [*names, "loss_embedding_l2"]
-                values = torch.cat([values[:1] + t.opt.sparse.l2 * penalty, values[1:], penalty])
-            ok = self._guard(names, values)
+            # Only the gradient is kept: the tensor would keep its graph, and with it the
+            # tables' gradient accumulators, alive into the next step (and its capture).
+            ok = self._guard(names, values, stacked.grad if self.sinks is not None else None)
             found_inf = (~ok).float()
         with phase("clip"):
             if t.cfg.runtime.grad_clip_norm:
@@ -262,6 +268,14 @@ class GraphStep:
                 t.opt.sparse.found_inf = found_inf
                 t.opt.sparse.step(lookups)
         with phase("loss_log"):
+            penalty = getattr(t.opt.sparse, "last_penalty", None)
+            if penalty is not None:
+                # The penalty's gradient is the row optimiser's, and so is its value (of the
+                # rows before the update); it joins the loss log here.
+                penalty = penalty.view(1)
+                names = [*names, "loss_embedding_l2"]
+                values = torch.cat([values[:1] + t.opt.sparse.l2 * penalty, values[1:], penalty])
+            self.loss_names = names
             if self.window_sums is None:
                 self.window_sums = torch.zeros_like(values)
                 self.window_n = torch.zeros((), device=values.device)
@@ -285,8 +299,11 @@ class GraphStep:
         names, values = res.stacked()
         return res.total, names, values
 
-    def _flags(self, values: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """(names, finite flags [K], which flags a skipped batch cannot excuse [K])."""
+    def _flags(
+        self, values: Tensor, pooled_grad: Tensor | None
+    ) -> tuple[list[str], Tensor, Tensor]:
+        """(names, finite flags [K], which flags a skipped batch cannot excuse [K]).
+        ``pooled_grad``: the pooled embeddings' gradient, when the tables' went to the sinks."""
         t = self.trainer
         grads = [
             (t.param_names[id(p)], p.grad)
@@ -303,6 +320,11 @@ class GraphStep:
             tensors = [g._values() if g.is_sparse else g for _, g in grads]
             flags.append(torch.isfinite(torch.stack(torch._foreach_norm(tensors))))
         names = [f"gradient of {n}" for n, _ in grads]
+        if pooled_grad is not None:
+            # The tables' gradients went to the sinks: each entry is a weighted sum of entries
+            # of this one, so this one's norm flags them (a [B, F, C] read, not [N, C]).
+            flags.append(torch.isfinite(torch.linalg.vector_norm(pooled_grad)).view(1))
+            names.append("gradient of the pooled embeddings (the embedding tables' gradients)")
         if t.clip_params:
             with torch.no_grad():
                 norms = torch.stack(torch._foreach_norm([p.detach() for p in t.clip_params]))
@@ -315,12 +337,11 @@ class GraphStep:
         )
         return names, flag, fatal
 
-    def _guard(self, loss_names: list[str], values: torch.Tensor) -> torch.Tensor:
+    def _guard(self, loss_names: list[str], values: Tensor, pooled_grad: Tensor | None) -> Tensor:
         """The step's ``ok`` (a device bool): apply the update. Records the first fatal step."""
-        names, flag, fatal = self._flags(values)
+        names, flag, fatal = self._flags(values, pooled_grad)
         if self.exchange is not None:  # every rank skips or stops at the same step
             flag = self.exchange.all_true(flag)
-        self.loss_names = loss_names
         self.flag_names = [f"loss {n}" for n in loss_names] + names
         if self.bad_flags is None:
             self.bad_flags = torch.ones_like(flag)

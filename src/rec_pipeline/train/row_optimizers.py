@@ -37,8 +37,12 @@ Rows that no real lookup touched are left alone, like the coalesced sparse updat
 outside the gradient. Two additions:
 
 * ``l2``: the gradient of ``l2 * sum of squares of the distinct touched rows`` (the embedding
-  L2 penalty of docs/model.md) is added to ``g`` here, so the forward needs no ``unique``;
-  :meth:`~RowOptimizer.penalty` gives the penalty's value for the loss log.
+  L2 penalty of docs/model.md) is added to ``g`` here, so the forward needs no ``unique``; the
+  penalty's value (of the rows before the update, for the loss log) is
+  :attr:`~RowOptimizer.last_penalty`, computed from the rows and touch counts the update reads.
+* gradient sinks (:meth:`~RowOptimizer.grad_sinks`): the ``[rows, C]`` buffers of step 1. A
+  backward that adds a table's gradient into its buffer directly (``bag_sums``' sink) leaves
+  the table's ``.grad`` empty, and the step starts from the sums.
 * ``found_inf`` (attribute, a 0-d float tensor, like the fused optimisers read it): when 1 the
   step changes nothing, not even the step count (the non-finite guard without a host read).
 * ``exchange`` (attribute, a :class:`~rec_pipeline.train.distributed.StaticExchange`, with
@@ -102,9 +106,14 @@ class RowOptimizer(Optimizer):
         self.l2 = float(l2)
         self.found_inf: Tensor | None = None
         self.exchange: StaticExchange | None = None
-        # Per table: the summed gradient and the real-lookup count of each row, zero between steps.
+        # Per table: the summed gradient ``[rows, C]`` and a touched flag per row ``[rows + 1]``
+        # (the last entry takes the padding's writes), zero between steps; and, for the
+        # penalty of the per-lookup layout, the lookup that last wrote each row ``[rows + 1]``.
         self._grad_sum: dict[int, Tensor] = {}
         self._touches: dict[int, Tensor] = {}
+        self._writer: dict[int, Tensor] = {}
+        #: ``[]`` fp32 after each step with ``l2 > 0``: the penalty's value (module docstring).
+        self.last_penalty: Tensor | None = None
 
     # ------------------------------------------------------------------ what a rule defines
 
@@ -126,13 +135,13 @@ class RowOptimizer(Optimizer):
     # ------------------------------------------------------------------ the shared machinery
 
     def compile(self, *, fallback: bool) -> None:
-        """Run :meth:`penalty` and the per-table updates through ``torch.compile``: their dozens
+        """Run the per-table updates through ``torch.compile``: their dozens
         of small ops become a few fused kernels. Shapes are fixed by ``N`` and the table, so
         each table and layout compiles once; call them outside a CUDA graph capture first.
         ``fallback``: a compilation that fails warns and runs the method as written from then
         on (nothing has run when a compilation fails), instead of raising."""
         what = type(self).__name__
-        for name in ("penalty", "_update_rows", "_update_table"):
+        for name in ("_update_rows", "_update_table"):
             setattr(self, name, compiled(getattr(self, name), f"{what}.{name}", fallback))
 
     def _params(self) -> list[Tensor]:
@@ -154,7 +163,8 @@ class RowOptimizer(Optimizer):
         key = id(p)
         if key not in self._grad_sum:
             self._grad_sum[key] = torch.zeros_like(p, dtype=_acc(p))
-            self._touches[key] = torch.zeros(p.shape[0], dtype=_acc(p), device=p.device)
+            self._touches[key] = torch.zeros(p.shape[0] + 1, dtype=_acc(p), device=p.device)
+            self._writer[key] = torch.zeros(p.shape[0] + 1, dtype=torch.int64, device=p.device)
         return self._grad_sum[key], self._touches[key]
 
     def prepare(self) -> None:
@@ -164,19 +174,13 @@ class RowOptimizer(Optimizer):
                 self._state(p, group)
                 self._buffers(p)
 
-    @torch.no_grad()
-    def penalty(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """Sum of squares of the distinct rows that real lookups touched, over the tables
-        (``[]`` fp32): each lookup adds its row's squares divided by the row's lookup count."""
-        total = None
-        for p, (rows, mask) in zip(self._params(), lookups, strict=True):
-            mask = mask.to(_acc(p))
-            counts = torch.zeros(p.shape[0], dtype=mask.dtype, device=p.device)
-            counts.index_add_(0, rows, mask)
-            share = mask / counts[rows].clamp_min(1.0)  # [N]
-            part = (p[rows].to(mask.dtype).pow(2).sum(1) * share).sum()
-            total = part if total is None else total + part
-        return total
+    def grad_sinks(self) -> list[Tensor]:
+        """Each table's gradient-sum buffer ``[rows, C]`` (``params`` order), zero between steps:
+        a backward may add the table's gradient here instead of into ``.grad``. One rank only
+        (the exchange sends gradient entries, which a sink no longer has)."""
+        if self.exchange is not None:
+            raise ValueError("gradient sinks need one rank: the exchange reads gradient entries")
+        return [self._buffers(p)[0] for p in self._params()]
 
     @torch.no_grad()
     def step(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> None:  # type: ignore[override]
@@ -185,12 +189,16 @@ class RowOptimizer(Optimizer):
             raise ValueError(f"{type(self).__name__}.step needs {len(params)} (rows, mask) pairs")
         ok = None if self.found_inf is None else 1.0 - self.found_inf  # [] 1 = apply
         pairs = iter(lookups)
+        penalty = None
         for group in self.param_groups:
             for p in group["params"]:
                 rows, mask = next(pairs)
-                self._update(p, group, rows, mask.to(_acc(p)), ok)
+                part = self._update(p, group, rows, mask.to(_acc(p)), ok)
+                penalty = part if penalty is None else penalty + part
+        self.last_penalty = penalty.float() if self.l2 > 0 else None
 
-    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> None:
+    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> Tensor:
+        """Update one table; returns the sum of squares of its distinct touched rows (before)."""
         state = self._state(p, group)
         grad_sum, touches = self._buffers(p)
         idx, vals = self._entries(p)
@@ -203,9 +211,14 @@ class RowOptimizer(Optimizer):
             vals = vals / ex.world  # the mean over the ranks, as the dense gradients
             if not whole_table:
                 (idx, vals), (rows, mask) = ex.gather(idx, vals), ex.gather(rows, mask)
-        # Uncoalesced: every lookup's entry, summed per row by index_add_ (no sort).
-        grad_sum.index_add_(0, idx, vals.to(grad_sum.dtype))
-        touches.index_add_(0, rows, mask)
+        # Uncoalesced: every lookup's entry, summed per row by index_add_ (no sort). A gradient
+        # sink has summed them already (and left .grad empty).
+        if p.grad is not None or ex is not None:
+            grad_sum.index_add_(0, idx, vals.to(grad_sum.dtype))
+        # Flags written by plain stores (every write is a 1): an index_add of counts would
+        # serialise on the atomics of popular rows (0.9 ms at batch 16,384).
+        real = torch.where(mask > 0, rows, p.shape[0])  # [N]; padding -> the spare entry
+        touches.index_put_((real,), touches.new_ones(()))
         if ex is not None and whole_table:
             ex.sum_(grad_sum)
             ex.sum_(touches)
@@ -213,10 +226,12 @@ class RowOptimizer(Optimizer):
         size = self._step_size(group, step)
         states = [state[name] for name in self.STATE]
         if whole_table:
-            self._update_table(p, states, grad_sum, touches, size, group, ok)
+            squares = self._update_table(p, states, grad_sum, touches, size, group, ok)
         else:
-            self._update_rows(p, states, grad_sum, touches, rows, size, group, ok)
+            first = self._first_writes(p, real) if self.l2 > 0 else mask
+            squares = self._update_rows(p, states, grad_sum, touches, rows, first, size, group, ok)
         state["step"].copy_(step)
+        return squares
 
     def _entries(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """The gradient's entries (rows [n], values [n, C]); empty when the table has none."""
@@ -228,13 +243,25 @@ class RowOptimizer(Optimizer):
             )
         return p.grad._indices()[0], p.grad._values()
 
-    def _update_table(self, p, states, grad_sum, touches, size, group, ok) -> None:
-        """The update as masked elementwise passes over the whole table ``[rows, C]``."""
-        touched = touches > 0
-        if ok is not None:
-            touched = touched & (ok > 0)
-        touched = touched.unsqueeze(1)  # [rows, 1]
+    def _first_writes(self, p: Tensor, real: Tensor) -> Tensor:
+        """``[N]`` 1 for one real lookup of each distinct touched row (whichever wrote last),
+        else 0: the per-lookup layout's penalty counts each row once."""
+        writer = self._writer[id(p)]
+        order = torch.arange(real.shape[0], device=real.device)
+        writer.index_put_((real,), order)
+        return ((writer[real] == order) & (real < p.shape[0])).to(_acc(p))
+
+    def _squares(self, terms: Tensor) -> Tensor:
+        """The penalty's part ``[]``: the sum of ``terms``, computed only when ``l2 > 0``."""
+        return terms.sum() if self.l2 > 0 else terms.new_zeros(())
+
+    def _update_table(self, p, states, grad_sum, touches, size, group, ok) -> Tensor:
+        """The update as masked elementwise passes over the whole table ``[rows, C]``; returns
+        the sum of squares of the touched rows before it (``[]``)."""
+        seen = (touches[:-1] > 0).unsqueeze(1)  # [rows, 1]
+        touched = seen if ok is None else seen & (ok > 0)
         param = p.to(grad_sum.dtype)
+        squares = self._squares(torch.where(seen, param * param, param.new_zeros(())))
         # Masked by selection, not by a 0 factor: a skipped step's gradient may hold NaN.
         g = torch.where(touched, grad_sum, grad_sum.new_zeros(()))
         if self.l2 > 0:
@@ -245,14 +272,18 @@ class RowOptimizer(Optimizer):
         p.copy_(torch.where(touched, new_p, param).to(p.dtype))
         grad_sum.zero_()
         touches.zero_()
+        return squares
 
-    def _update_rows(self, p, states, grad_sum, touches, rows, size, group, ok) -> None:
-        """The update per lookup: gathers of the touched rows, scatters of their new values."""
+    def _update_rows(self, p, states, grad_sum, touches, rows, first, size, group, ok) -> Tensor:
+        """The update per lookup: gathers of the touched rows, scatters of their new values;
+        returns the sum of squares of the distinct touched rows before it (``[]``: the lookups
+        ``first`` marks, one per distinct row)."""
         apply = touches[rows] > 0  # [N] a real lookup touched this row
         if ok is not None:
             apply = apply & (ok > 0)
         apply = apply.unsqueeze(1)  # [N, 1]
         param = p[rows].to(grad_sum.dtype)  # [N, C]
+        squares = self._squares(param.pow(2) * first.unsqueeze(1))
         g = grad_sum[rows]
         if self.l2 > 0:
             g = g + (2.0 * self.l2) * param
@@ -263,6 +294,7 @@ class RowOptimizer(Optimizer):
             s.index_copy_(0, rows, torch.where(apply, new, old))
         grad_sum.index_fill_(0, rows, 0.0)
         touches.index_fill_(0, rows, 0.0)
+        return squares
 
 
 class RowAdam(RowOptimizer):
