@@ -7,7 +7,8 @@ and costs a host synchronisation. :class:`RowOptimizer` makes the same update fr
 list of touched rows instead:
 
 1. the step's gradient entries (uncoalesced COO of the table, any order, duplicates allowed)
-   are summed into a persistent ``[rows, C]`` buffer with ``index_add_``;
+   are summed into a persistent ``[rows, C]`` buffer with ``index_add_`` (or were added there
+   by the backward: gradient sinks, below), and the rows real lookups touched are flagged;
 2. every touched row (the lookups of the batch, ``[N]`` with duplicates, and a 0/1 mask
    marking the real ones: padding entries of a static batch count for nothing) reads its
    summed gradient and its state, computes the new values, and writes them back; duplicates
