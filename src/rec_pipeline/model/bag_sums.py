@@ -126,7 +126,7 @@ def bag_sums(
             looked up by no one (a static batch's padding).
         sink: ``[R, C]`` (fp32 for Triton): the backward adds the table's gradient here instead
             of returning it.
-        kernel: ``"torch"`` or ``"triton"`` (CUDA tensors; or Triton's interpreter on the CPU).
+        kernel: ``"torch"`` or ``"triton"`` (CUDA tensors only).
         sparse: without a sink, return a sparse COO gradient (else a dense one).
 
     Returns:

@@ -306,12 +306,17 @@ class GraphStep:
         ``pooled_grad``: the pooled embeddings' gradient, when the tables' went to the sinks."""
         t = self.trainer
         grads = [
-            (t.param_names[id(p)], p.grad)
+            (f"gradient of {t.param_names[id(p)]}", p.grad)
             for opt in t.opt.all()
             for group in opt.param_groups
             for p in group["params"]
             if p.grad is not None
         ]
+        if pooled_grad is not None:
+            # The tables' gradients went to the sinks: each entry is a weighted sum of entries
+            # of this one, so this one's norm flags them (a [B, F, C] read, not [N, C]).
+            name = "gradient of the pooled embeddings (the embedding tables' gradients)"
+            grads.append((name, pooled_grad))
         flags = [torch.isfinite(values)]
         if grads:
             # A norm is finite iff every entry is (an fp32 overflow of the norm itself counts as
@@ -319,12 +324,7 @@ class GraphStep:
             # make several passes over the tables' [N, C] gradient values.
             tensors = [g._values() if g.is_sparse else g for _, g in grads]
             flags.append(torch.isfinite(torch.stack(torch._foreach_norm(tensors))))
-        names = [f"gradient of {n}" for n, _ in grads]
-        if pooled_grad is not None:
-            # The tables' gradients went to the sinks: each entry is a weighted sum of entries
-            # of this one, so this one's norm flags them (a [B, F, C] read, not [N, C]).
-            flags.append(torch.isfinite(torch.linalg.vector_norm(pooled_grad)).view(1))
-            names.append("gradient of the pooled embeddings (the embedding tables' gradients)")
+        names = [n for n, _ in grads]
         if t.clip_params:
             with torch.no_grad():
                 norms = torch.stack(torch._foreach_norm([p.detach() for p in t.clip_params]))
