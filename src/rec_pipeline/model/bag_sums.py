@@ -43,10 +43,22 @@ def resolve_kernel(requested: str) -> str:
 
 
 def _torch_forward(
-    table: Tensor, rows: Tensor, weights: Tensor, bag: Tensor, offsets: Tensor, n_live: int
+    table: Tensor,
+    rows: Tensor,
+    weights: Tensor,
+    bag: Tensor,
+    offsets: Tensor,
+    n_live: int,
+    sparse: bool = True,
 ) -> tuple[Tensor, Tensor]:
     sums = F.embedding_bag(
-        rows, table, offsets, mode="sum", per_sample_weights=weights, include_last_offset=True
+        rows,
+        table,
+        offsets,
+        mode="sum",
+        per_sample_weights=weights,
+        include_last_offset=True,
+        sparse=sparse,
     )[:n_live]
     wsums = torch.zeros(offsets.shape[0] - 1, dtype=weights.dtype, device=weights.device)
     wsums.index_add_(0, bag, weights)
@@ -138,4 +150,7 @@ def bag_sums(
         raise ValueError(f"sink must be a float tensor shaped like the table {tuple(table.shape)}")
     if sink is not None and kernel == "triton" and sink.dtype != torch.float32:
         raise ValueError("the triton kernel's sink must be fp32")
+    if kernel == "torch" and sink is None:
+        # embedding_bag's own backward makes the same gradient in fewer passes (the CPU path).
+        return _torch_forward(table, rows, weights, bag, offsets, n_live, sparse)
     return _BagSums.apply(table, rows, weights, bag, offsets, n_live, sink, kernel, sparse)
