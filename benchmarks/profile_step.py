@@ -136,8 +136,10 @@ def main() -> None:
         phases = profile(trainer, plan, args.steps, args.warmup)
         total_n = sum(v["activities"] for v in phases.values())
         total_us = sum(v["device_us"] for v in phases.values())
+        sizes = trainer.graph.batches.sizes
         print(
             f"\nbatch {bs}: {total_n:.0f} device activities, {total_us:.0f} us device time a step"
+            f" (value slots: skeleton {sizes.sk_values:,}, common {sizes.cm_values:,})"
         )
         for name, v in phases.items():
             print(f"  {name:20s} {v['activities']:6.0f} {v['device_us']:9.1f} us")

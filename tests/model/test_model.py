@@ -857,7 +857,17 @@ def test_pooling_into_gradient_sinks_gives_the_tables_gradients():
     expected = [t.grad.to_dense() for t in emb.tables()]
     emb.zero_grad(set_to_none=True)
     sinks = [torch.zeros_like(t) for t in emb.tables()]
-    (emb.pool(batch, sinks) * g).sum().backward()
+    flags = [torch.zeros(t.shape[0] + 1, dtype=torch.float64) for t in emb.tables()]
+    plans = emb.plan(batch, flags)
+    (emb.pool(batch, sinks, plans) * g).sum().backward()
     assert all(t.grad is None for t in emb.tables())
     for sink, ref in zip(sinks, expected, strict=True):
         torch.testing.assert_close(sink, ref, rtol=1e-12, atol=1e-12)
+    # The plan flagged exactly the rows of the real lookups, which it shares with lookups().
+    for flag, (rows, mask), (shared, _) in zip(
+        flags, emb.lookups(batch), emb.lookups(batch, plans), strict=True
+    ):
+        assert torch.equal(shared, rows)
+        want = torch.zeros_like(flag)
+        want[rows[mask > 0]] = 1.0
+        assert torch.equal(flag[:-1], want[:-1])

@@ -145,9 +145,9 @@ def test_the_graph_step_sums_table_gradients_into_the_row_optimiser(data, monkey
     assert trainer.graph.sinks is not None and len(sinks) == len(TABLES)
     pool = type(trainer.model.embedding).pool
 
-    def poisoned_pool(self, batch, sinks=None):
-        assert sinks is not None
-        stacked = pool(self, batch, sinks)
+    def poisoned_pool(self, batch, sinks=None, plans=None):
+        assert sinks is not None and plans is not None
+        stacked = pool(self, batch, sinks, plans)
 
         def poison(grad):
             grad = grad.clone()
@@ -277,3 +277,21 @@ def test_a_failed_compile_falls_back_under_auto_and_raises_under_dense(data, mod
     assert int(step.batches.counter) == 1  # the failed step's batch was taken again, once
     assert int(step.steps) == 1  # and one update was made
     assert "compiling the training objective failed (RuntimeError: no C compiler)" in caplog.text
+
+
+def test_the_clip_made_of_the_guards_norms_is_clip_grad_norm(data):
+    """The static step clips with the per-gradient norms its guard computed: the same gradients
+    as ``clip_grad_norm_`` (here with every gradient scaled down)."""
+    trainer = _trainer(data, "graph", max_train_steps=1, **QUIET)
+    gen = torch.Generator().manual_seed(0)
+    for p in trainer.clip_params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in trainer.clip_params]
+    for r, p in zip(ref, trainer.clip_params, strict=True):
+        r.grad = p.grad.clone()
+    total = torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    assert float(total) > 5.0  # the clip acts
+    trainer.graph._flags(torch.zeros(2), None)
+    trainer.graph._clip(0.5)
+    for r, p in zip(ref, trainer.clip_params, strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-6, atol=1e-9)

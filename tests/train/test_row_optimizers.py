@@ -152,22 +152,39 @@ def test_no_penalty_without_l2():
 
 @RULES
 @LAYOUTS
-def test_a_gradient_sink_gives_the_same_update_as_the_sparse_gradient(rule, layout, monkeypatch):
+@pytest.mark.parametrize("flagged", [False, True])
+def test_a_gradient_sink_gives_the_same_update_as_the_sparse_gradient(
+    rule, layout, flagged, monkeypatch
+):
     """The sums a backward adds into :meth:`grad_sinks` (``.grad`` left empty) step the table
-    exactly as the sparse gradient they sum."""
+    exactly as the sparse gradient they sum, with the touched flags set by the step or, before
+    it, by the lookups (``flagged``)."""
     _force(monkeypatch, layout)
     _, expected, _ = _train(rule, row=True, l2=0.3)
     start, batches = _batches(6)
     table = torch.nn.Parameter(start.clone())
     opt = ROW_FORM[rule](table, 0.3)
-    (sink,) = opt.grad_sinks()
+    ((sink, flags),) = opt.grad_sinks()
+    assert sink.shape == table.shape and flags.shape == (ROWS + 1,)
     for rows, target in batches:
         opt.zero_grad()
         with torch.no_grad():  # the loss's gradient, summed into rows by hand
             sink.index_add_(0, rows, 2 * (table[rows] - target))
+            if flagged:
+                flags[rows] = 1.0
         assert table.grad is None
-        opt.step([(rows, torch.ones(40, dtype=torch.float64))])
+        # With the flags set, the masks may be left out (the flags tell the touched rows).
+        mask = None if flagged else torch.ones(40, dtype=torch.float64)
+        opt.step([(rows, mask)], flagged=flagged)
+        assert not flags.any()  # the step clears what it read
     torch.testing.assert_close(table.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lookups_without_masks_need_the_flags_set():
+    table = torch.nn.Parameter(torch.randn(ROWS, COLS, dtype=torch.float64))
+    opt = ROW_FORM["adam"](table, 0.0)
+    with pytest.raises(ValueError, match="without a mask"):
+        opt.step([(torch.tensor([1, 2]), None)])
 
 
 @RULES

@@ -17,6 +17,9 @@ where the sink's backward reads the ``[K, C]`` bag gradients and adds into rows 
 Two implementations of the same maths: torch ops (any device; the reference), and Triton
 kernels (CUDA; :mod:`rec_pipeline.model.bag_kernels`) with one program per bag, which read
 each looked-up row once and write the bag's sums without a ``[N, C]`` intermediate.
+
+:func:`plan_bags` turns a batch side's values (per-field ids, field and batch row of each)
+into what the pooling reads: table rows, bag offsets, and (torch) each value's bag.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from torch import Tensor
 
 KERNELS = ("torch", "triton")
 
+#: Most padding values in one (discarded) bag of the torch plan: ``embedding_bag`` gives each
+#: bag a thread block, so one bag of every padding value would serialise the whole padding.
+PAD_BAG = 32
+
 
 def resolve_kernel(requested: str) -> str:
     """``runtime.pooling_kernel`` to a kernel: ``auto`` is Triton where it is installed."""
@@ -40,6 +47,53 @@ def resolve_kernel(requested: str) -> str:
     if requested == "triton" and not installed:
         raise ValueError("runtime.pooling_kernel: triton needs the triton package installed")
     return requested
+
+
+def plan_bags(
+    ids: Tensor,
+    fields: Tensor,
+    batch_rows: Tensor,
+    row_offset: Tensor,
+    n_rows: int,
+    *,
+    kernel: str = "torch",
+    flags: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One side's lookups grouped into bags, one per (batch row, field) pair.
+
+    Args:
+        ids: ``[N]`` int64 per-field ids, grouped by (batch row, field) in that order.
+        fields: ``[N]`` int64 field positions ``0..F-1``.
+        batch_rows: ``[N]`` int64 batch rows; ``n_rows`` marks a static batch's padding, which
+            comes after every real value.
+        row_offset: ``[F]`` int64 first table row of each field.
+        n_rows: real batch rows; bag ``row * F + field`` for ``row < n_rows``.
+        kernel: ``"torch"`` or ``"triton"`` (CUDA tensors).
+        flags: ``[R + 1]`` float: set to 1 at every row a real value looks up.
+
+    Returns:
+        rows ``[N]`` table rows; offsets ``[K + 1]`` with ``K >= n_rows * F`` bags (bags past
+        ``n_rows * F`` hold padding, which Triton's plan leaves past ``offsets[K]``); bag
+        ``[N]`` each value's bag.
+    """
+    n_fields = row_offset.shape[0]
+    if kernel == "triton":
+        from rec_pipeline.model.bag_kernels import bag_plan
+
+        return bag_plan(ids, fields, batch_rows, row_offset, n_rows, flags)
+    rows = ids + row_offset[fields]
+    real = batch_rows < n_rows
+    n_real = n_rows * n_fields
+    position = torch.arange(ids.shape[0], device=ids.device)
+    bag = torch.where(real, batch_rows * n_fields + fields, n_real + position // PAD_BAG)
+    counts = torch.zeros(
+        n_real + -(-ids.shape[0] // PAD_BAG) + 1, dtype=torch.long, device=ids.device
+    )
+    counts.index_add_(0, bag + 1, torch.ones_like(bag))
+    if flags is not None:
+        # Plain stores (every write is a 1); padding goes to the spare last entry.
+        flags.index_put_((torch.where(real, rows, flags.shape[0] - 1),), flags.new_ones(()))
+    return rows, counts.cumsum(0), bag
 
 
 def _torch_forward(
@@ -97,7 +151,7 @@ class _BagSums(torch.autograd.Function):
             if ctx.kernel == "triton":
                 from rec_pipeline.model.bag_kernels import bag_sums_backward_into
 
-                bag_sums_backward_into(ctx.sink, grad, rows, weights, offsets, ctx.n_live)
+                bag_sums_backward_into(ctx.sink, grad, rows, weights, bag, ctx.n_live)
             else:
                 values = _value_grads(grad, weights, bag, ctx.n_live)
                 ctx.sink.index_add_(0, rows, values.to(ctx.sink.dtype))
@@ -132,8 +186,9 @@ def bag_sums(
         rows: ``[N]`` int64 table rows, grouped by bag (bag ``k``'s values are
             ``offsets[k]:offsets[k + 1]``).
         weights: ``[N]`` per-value weights, in the table's dtype (no gradient flows to them).
-        bag: ``[N]`` int64 each value's bag (non-decreasing).
-        offsets: ``[K + 1]`` int64 bag boundaries (``offsets[K] == N``).
+        bag: ``[N]`` int64 each value's bag (non-decreasing; ``>= K`` past ``offsets[K]``).
+        offsets: ``[K + 1]`` int64 bag boundaries (``offsets[K] <= N``; later values are
+            in no bag).
         n_live: bags ``0..n_live-1`` are computed and returned; values in later bags are
             looked up by no one (a static batch's padding).
         sink: ``[R, C]`` (fp32 for Triton): the backward adds the table's gradient here instead

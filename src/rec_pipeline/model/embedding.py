@@ -14,8 +14,9 @@ over fields (FM, ``sum_emb``) are therefore exact.
 
 Pooling. One :func:`~rec_pipeline.model.bag_sums.bag_sums` call per side (``embedding_bag``'s
 weighted sums and the bags' weight sums in one pass; torch ops, or Triton kernels on a GPU with
-``kernel="triton"``), with one bag per (row, field) pair (``bag = row * F_side + field``); bag
-offsets come from a bag-count cumsum built with ``index_add_`` (no host synchronisation).
+``kernel="triton"``), with one bag per (row, field) pair (``bag = row * F_side + field``); the
+bags' offsets and table rows come from :meth:`FusedFieldEmbedding.plan` (no host
+synchronisation), which a training step may share with the optimiser's lookups.
 ``mode="sum"`` gives ``sum_i w_i e_i``; ``mode="mean"`` divides that by ``sum_i w_i`` (a bag
 whose weights sum to 0, in particular an empty bag, pools to 0). :meth:`FusedFieldEmbedding.pool`
 takes optional gradient sinks, one ``[rows, C]`` buffer per table: the backward then adds the
@@ -50,10 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rec_pipeline.model.bag_sums import KERNELS, bag_sums
-
-#: Most padding values pooled into one (discarded) bag: see ``FusedFieldEmbedding._pool``.
-PAD_BAG = 32
+from rec_pipeline.model.bag_sums import KERNELS, bag_sums, plan_bags
 
 
 class BatchLike(Protocol):
@@ -81,6 +79,23 @@ class BatchLike(Protocol):
     cm_inverse: Tensor
     click: Tensor
     conversion: Tensor
+
+
+@dataclass
+class BagPlan:
+    """One side's lookups grouped into bags (:func:`~rec_pipeline.model.bag_sums.plan_bags`).
+
+    rows [N] int64: table rows (the field's row offset added to each id).
+    offsets [K + 1] int64: bag boundaries; bag ``row * F_side + field``, the first ``n_real``
+        bags real, any later ones padding.
+    bag [N] int64: each value's bag.
+    n_real: ``B * F_side``.
+    """
+
+    rows: Tensor
+    offsets: Tensor
+    bag: Tensor
+    n_real: int
 
 
 @dataclass
@@ -297,15 +312,49 @@ class FusedFieldEmbedding(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
 
+    def _sides(
+        self, batch: BatchLike
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]:
+        """Per table (skeleton, then common): the table, its row offsets and the batch's ids,
+        fields, weights and rows of that side."""
+        sides = [
+            (self.skeleton_table, self.sk_row_offset, batch.sk_ids, batch.sk_fields,
+             batch.sk_weights, batch.sk_rows),
+            (self.common_table, self.cm_row_offset, batch.cm_ids, batch.cm_fields,
+             batch.cm_weights, batch.cm_rows),
+        ]  # fmt: skip
+        return [side for side in sides if side[0] is not None]
+
+    def _kernel(self, table: Tensor) -> str:
+        return self.kernel if table.is_cuda else "torch"
+
+    def plan(self, batch: BatchLike, flags: Sequence[Tensor] | None = None) -> list[BagPlan]:
+        """Per table: the batch's lookups grouped into bags (:func:`plan_bags`), one bag per
+        (row, field) pair. ``flags``: one ``[rows + 1]`` buffer per table, set to 1 at every
+        row a real value looks up (a row optimiser's touched flags)."""
+        n_rows = batch.cm_inverse.shape[0]  # B (the common side's U <= B records, padded)
+        flag = iter(flags) if flags is not None else None
+        plans = []
+        for table, row_offset, ids, fields, _, rows in self._sides(batch):
+            rows, offsets, bag = plan_bags(
+                ids,
+                fields,
+                rows,
+                row_offset,
+                n_rows,
+                kernel=self._kernel(table),
+                flags=next(flag) if flag is not None else None,
+            )
+            plans.append(BagPlan(rows, offsets, bag, n_rows * row_offset.shape[0]))
+        return plans
+
     def _pool(
         self,
         table: Tensor,
-        row_offset: Tensor,
-        ids: Tensor,
-        fields: Tensor,
         weights: Tensor,
-        rows: Tensor,
+        plan: BagPlan,
         n_rows: int,
+        n_fields: int,
         sink: Tensor | None,
     ) -> Tensor:
         """Pool one side: values -> ``[n_rows, F_side, D + L (+ 1) (+ D)]``.
@@ -313,30 +362,19 @@ class FusedFieldEmbedding(nn.Module):
         Columns: ``0..D-1`` the vector, ``D..D+L-1`` the first-order weights, then with
         ``weight_channel="dense"`` a column holding the bag's mean weight, then with
         ``value_vectors`` D columns holding the mean of ``w_i e_i`` over the bag's ids.
-
-        Values whose row is ``n_rows`` (a static batch's padding, always after the real values)
-        go to extra bags of at most :data:`PAD_BAG` values each, never read: one bag per thread
-        block in ``embedding_bag``, so a single bag of every padding value would make a
-        straggler block that serialises the whole padding.
         """
-        n_fields = row_offset.shape[0]
-        n_real = n_rows * n_fields
-        n_bags = n_real + -(-ids.shape[0] // PAD_BAG)
-        position = torch.arange(ids.shape[0], device=ids.device)
-        bag = torch.where(rows < n_rows, rows * n_fields + fields, n_real + position // PAD_BAG)
-        counts = torch.zeros(n_bags + 1, dtype=torch.long, device=ids.device)
-        counts.index_add_(0, bag + 1, torch.ones_like(bag))
-        offsets = counts.cumsum(0)  # [n_bags + 1]
-        n_ids = counts[1 : n_real + 1].to(table.dtype)  # [n_real] ids per bag
+        n_real = plan.n_real
+        offsets = plan.offsets
+        n_ids = (offsets[1 : n_real + 1] - offsets[:n_real]).to(table.dtype)  # [n_real]
         pooled, wsum = bag_sums(
             table,
-            ids + row_offset[fields],
+            plan.rows,
             weights.to(table.dtype),
-            bag,
+            plan.bag,
             offsets,
             n_real,
             sink=sink,
-            kernel=self.kernel if table.is_cuda else "torch",
+            kernel=self._kernel(table),
             sparse=self.sparse,
         )  # [n_real, D + L], [n_real]
         columns = [pooled]
@@ -358,40 +396,33 @@ class FusedFieldEmbedding(nn.Module):
         """Pool every field of every row: see :class:`EmbeddingOutput` for the shapes."""
         return self.split(self.pool(batch), touched_l2=self.touched_rows_l2(batch))
 
-    def pool(self, batch: BatchLike, sinks: Sequence[Tensor] | None = None) -> Tensor:
+    def pool(
+        self,
+        batch: BatchLike,
+        sinks: Sequence[Tensor] | None = None,
+        plans: Sequence[BagPlan] | None = None,
+    ) -> Tensor:
         """The lookups and bag pooling of both sides: ``stacked [B, F, D + L (+ 1) (+ D)]`` (columns as
         in :meth:`_pool`). The only part of the forward with data-dependent (jagged) inputs.
 
         ``sinks``: one fp32 buffer shaped like each table (:meth:`tables` order); the backward
-        adds the tables' gradients into them and leaves the tables' ``.grad`` untouched."""
+        adds the tables' gradients into them and leaves the tables' ``.grad`` untouched.
+        ``plans``: the batch's :meth:`plan`, when the caller made it (else it is made here)."""
         n_rows = batch.cm_inverse.shape[0]  # B
-        sink = iter(sinks) if sinks is not None else None
+        plans = self.plan(batch) if plans is None else plans
+        sinks = sinks if sinks is not None else [None] * len(plans)
         parts = []
-        if self.skeleton_table is not None:
+        sides = self._sides(batch)
+        for (table, row_offset, _, _, weights, _), plan, sink in zip(
+            sides, plans, sinks, strict=True
+        ):
+            # The common side pools U <= B records into B bag-rows; see the module docstring.
+            n_fields = row_offset.shape[0]
             parts.append(
-                self._pool(
-                    self.skeleton_table,
-                    self.sk_row_offset,
-                    batch.sk_ids,
-                    batch.sk_fields,
-                    batch.sk_weights,
-                    batch.sk_rows,
-                    n_rows,
-                    next(sink) if sink is not None else None,
-                )
-            )  # [B, Fs, D + 1]
+                self._pool(table, weights, plan, n_rows, n_fields, sink)
+            )  # [B, F_side, D + 1]
         if self.common_table is not None:
-            common = self._pool(
-                self.common_table,
-                self.cm_row_offset,
-                batch.cm_ids,
-                batch.cm_fields,
-                batch.cm_weights,
-                batch.cm_rows,
-                n_rows,  # U <= B bag-rows; see the module docstring
-                next(sink) if sink is not None else None,
-            )
-            parts.append(common.index_select(0, batch.cm_inverse))  # [B, Fc, D + 1]
+            parts[-1] = parts[-1].index_select(0, batch.cm_inverse)  # [B, Fc, D + 1]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def split(self, stacked: Tensor, touched_l2: Tensor | None = None) -> EmbeddingOutput:
@@ -427,17 +458,17 @@ class FusedFieldEmbedding(nn.Module):
             value_vectors=value_vectors,
         )
 
-    def lookups(self, batch: BatchLike) -> list[tuple[Tensor, Tensor]]:
+    def lookups(
+        self, batch: BatchLike, plans: Sequence[BagPlan] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
         """Per table (skeleton, then common): the rows the batch looks up ``[N]`` and a mask
-        ``[N]`` float, 1 for a real value and 0 for a static batch's padding (row ``B``)."""
+        ``[N]`` float, 1 for a real value and 0 for a static batch's padding (row ``B``).
+        ``plans``: the batch's :meth:`plan`, whose rows are reused when given."""
         n_rows = batch.cm_inverse.shape[0]  # B
         out = []
-        for table, row_offset, ids, fields, rows in (
-            (self.skeleton_table, self.sk_row_offset, batch.sk_ids, batch.sk_fields, batch.sk_rows),
-            (self.common_table, self.cm_row_offset, batch.cm_ids, batch.cm_fields, batch.cm_rows),
-        ):
-            if table is not None:
-                out.append((ids + row_offset[fields], (rows < n_rows).float()))
+        for i, (_, row_offset, ids, fields, _, rows) in enumerate(self._sides(batch)):
+            table_rows = plans[i].rows if plans is not None else ids + row_offset[fields]
+            out.append((table_rows, (rows < n_rows).float()))
         return out
 
     def touched_rows_l2(self, batch: BatchLike) -> Tensor | None:

@@ -15,7 +15,8 @@ What makes it static:
   forward needs no ``unique``) and a capturable fused AdamW, learning rates in device tensors
   the schedulers fill; on one rank the bag pooling's backward adds the tables' gradients
   straight into the row optimiser's gradient sums (``bag_sums``' sinks), so no sparse
-  ``[N, C]`` gradient is made, and the guard checks the pooled embeddings' gradient ``[B, F, C]``
+  ``[N, C]`` gradient is made, the lookups' plan flags the rows they touch as it groups them
+  into bags (and hands the optimiser its rows), and the guard checks the pooled embeddings' gradient ``[B, F, C]``
   in its place (every table entry's gradient is a weighted sum of its entries);
 * the positive weights live in a device tensor, refreshed from the host only when they change;
 * the guard: the finite flags of the loss components, every gradient and every guarded
@@ -95,18 +96,22 @@ class GraphStep:
         dev = t.device
         self.capture = dev.type == "cuda"
         self.exchange = StaticExchange() if t.ranks is not None else None
-        # The row optimiser's gradient sums, which the pooling's backward fills (one rank).
+        # The row optimiser's gradient sums, which the pooling's backward fills, and touched
+        # flags, which the lookups' plan sets (one rank).
         self.sinks: list[Tensor] | None = None
+        self.flags: list[Tensor] | None = None
         if isinstance(t.opt.sparse, RowOptimizer):
             t.opt.sparse.exchange = self.exchange
             if self.exchange is None:
-                self.sinks = t.opt.sparse.grad_sinks()
+                pairs = t.opt.sparse.grad_sinks()
+                self.sinks, self.flags = [s for s, _ in pairs], [f for _, f in pairs]
         self.batches: StaticBatches | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_key: bool | None = None
         self.warm = 0
         self.warm_key: bool | None = None  # the aux-focal state of the warm-up steps
         self.last_batch: Batch | None = None
+        self.clip_norms: list[Tensor] = []  # the guard's norms of the clipped gradients
         # The static steps' objective compiled (``runtime.compile``): static shapes, so one
         # compilation per aux-focal state; the short last batch runs it as written.
         self.compile_mode = t.cfg.runtime.compile
@@ -237,8 +242,11 @@ class GraphStep:
             self.last_batch = batch
             batch = t.oov_dropout(batch)
         with phase("forward"):
+            plans = t.model.embedding.plan(batch, self.flags)
             with autocast(t.device, t.amp_dtype, cache=False):
-                stacked = t.model.embedding.pool(batch, self.sinks)  # [B, F, D + L (+ 1) (+ D)]
+                stacked = t.model.embedding.pool(
+                    batch, self.sinks, plans
+                )  # [B, F, D + L (+ 1) (+ D)]
             if self.sinks is not None:
                 stacked.retain_grad()  # the guard's stand-in for the tables' gradients
             objective = self.objective_fn if static and self.objective_fn else self._objective
@@ -252,21 +260,26 @@ class GraphStep:
             if t.exchange is not None:
                 t.exchange.reduce_dense()
         with phase("guard"):
-            lookups = t.model.embedding.lookups(batch)
+            # With the touched flags set by the plan, the optimiser needs only the rows.
+            lookups = (
+                [(plan.rows, None) for plan in plans]
+                if self.flags is not None
+                else t.model.embedding.lookups(batch, plans)
+            )
             # Only the gradient is kept: the tensor would keep its graph, and with it the
             # tables' gradient accumulators, alive into the next step (and its capture).
             ok = self._guard(names, values, stacked.grad if self.sinks is not None else None)
             found_inf = (~ok).float()
         with phase("clip"):
             if t.cfg.runtime.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(t.clip_params, t.cfg.runtime.grad_clip_norm)
+                self._clip(t.cfg.runtime.grad_clip_norm)
         with phase("dense_optimizer"):
             t.opt.dense.found_inf = found_inf
             t.opt.dense.step()
         with phase("sparse_optimizer"):
             if isinstance(t.opt.sparse, RowOptimizer):
                 t.opt.sparse.found_inf = found_inf
-                t.opt.sparse.step(lookups)
+                t.opt.sparse.step(lookups, flagged=self.flags is not None)
         with phase("loss_log"):
             penalty = getattr(t.opt.sparse, "last_penalty", None)
             if penalty is not None:
@@ -305,13 +318,14 @@ class GraphStep:
         """(names, finite flags [K], which flags a skipped batch cannot excuse [K]).
         ``pooled_grad``: the pooled embeddings' gradient, when the tables' went to the sinks."""
         t = self.trainer
-        grads = [
-            (f"gradient of {t.param_names[id(p)]}", p.grad)
+        params = [
+            p
             for opt in t.opt.all()
             for group in opt.param_groups
             for p in group["params"]
             if p.grad is not None
         ]
+        grads = [(f"gradient of {t.param_names[id(p)]}", p.grad) for p in params]
         if pooled_grad is not None:
             # The tables' gradients went to the sinks: each entry is a weighted sum of entries
             # of this one, so this one's norm flags them (a [B, F, C] read, not [N, C]).
@@ -323,7 +337,12 @@ class GraphStep:
             # non-finite too): one fused read of every gradient, where isfinite().all() would
             # make several passes over the tables' [N, C] gradient values.
             tensors = [g._values() if g.is_sparse else g for _, g in grads]
-            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(tensors))))
+            norms = torch._foreach_norm(tensors)
+            flags.append(torch.isfinite(torch.stack(norms)))
+            # The clip's total norm is made of the same norms (see _clip).
+            clipped = {id(p) for p in t.clip_params}
+            pairs = zip(params, norms[: len(params)], strict=True)
+            self.clip_norms = [n for p, n in pairs if id(p) in clipped]
         names = [n for n, _ in grads]
         if t.clip_params:
             with torch.no_grad():
@@ -336,6 +355,16 @@ class GraphStep:
             t.clip_params
         )
         return names, flag, fatal
+
+    def _clip(self, max_norm: float) -> None:
+        """``clip_grad_norm_`` of the dense gradients, its total norm made of the norms the
+        guard computed (:meth:`_flags`): one read of the gradients fewer."""
+        grads = [p.grad for p in self.trainer.clip_params if p.grad is not None]
+        if not grads:
+            return
+        total = torch.linalg.vector_norm(torch.stack(self.clip_norms))
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as clip_grad_norm_
+        torch._foreach_mul_(grads, coef)
 
     def _guard(self, loss_names: list[str], values: Tensor, pooled_grad: Tensor | None) -> Tensor:
         """The step's ``ok`` (a device bool): apply the update. Records the first fatal step."""

@@ -41,9 +41,10 @@ outside the gradient. Two additions:
   L2 penalty of docs/model.md) is added to ``g`` here, so the forward needs no ``unique``; the
   penalty's value (of the rows before the update, for the loss log) is
   :attr:`~RowOptimizer.last_penalty`, computed from the rows and touch counts the update reads.
-* gradient sinks (:meth:`~RowOptimizer.grad_sinks`): the ``[rows, C]`` buffers of step 1. A
-  backward that adds a table's gradient into its buffer directly (``bag_sums``' sink) leaves
-  the table's ``.grad`` empty, and the step starts from the sums.
+* gradient sinks (:meth:`~RowOptimizer.grad_sinks`): the ``[rows, C]`` buffers and the flags
+  of step 1. A backward that adds a table's gradient into its buffer directly (``bag_sums``'
+  sink) leaves the table's ``.grad`` empty, and the step starts from the sums; lookups that
+  flag their rows as they go (``FusedFieldEmbedding.plan``) spare the step its flag stores.
 * ``found_inf`` (attribute, a 0-d float tensor, like the fused optimisers read it): when 1 the
   step changes nothing, not even the step count (the non-finite guard without a host read).
 * ``exchange`` (attribute, a :class:`~rec_pipeline.train.distributed.StaticExchange`, with
@@ -77,6 +78,11 @@ if TYPE_CHECKING:
 #: of Adam's update, counted from their ops: which moves fewer bytes for a given N and table.
 LOOKUP_PASSES = 14
 TABLE_PASSES = 10
+
+
+def _real(p: Tensor, rows: Tensor, mask: Tensor) -> Tensor:
+    """``[N]`` the rows of real lookups, the spare entry ``rows`` of ``p`` for padding."""
+    return torch.where(mask > 0, rows, p.shape[0])
 
 
 def _acc(p: Tensor) -> torch.dtype:
@@ -175,16 +181,23 @@ class RowOptimizer(Optimizer):
                 self._state(p, group)
                 self._buffers(p)
 
-    def grad_sinks(self) -> list[Tensor]:
-        """Each table's gradient-sum buffer ``[rows, C]`` (``params`` order), zero between steps:
-        a backward may add the table's gradient here instead of into ``.grad``. One rank only
-        (the exchange sends gradient entries, which a sink no longer has)."""
+    def grad_sinks(self) -> list[tuple[Tensor, Tensor]]:
+        """Each table's gradient-sum buffer ``[rows, C]`` and touched flags ``[rows + 1]``
+        (``params`` order), zero between steps: a backward may add the table's gradient to the
+        sums instead of into ``.grad``, and the lookups may set the flags of the rows real
+        values touch (then step with ``flagged=True``). One rank only (the exchange sends
+        gradient entries, which a sink no longer has)."""
         if self.exchange is not None:
             raise ValueError("gradient sinks need one rank: the exchange reads gradient entries")
-        return [self._buffers(p)[0] for p in self._params()]
+        return [self._buffers(p) for p in self._params()]
 
     @torch.no_grad()
-    def step(self, lookups: Sequence[tuple[Tensor, Tensor]]) -> None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, lookups: Sequence[tuple[Tensor, Tensor | None]], *, flagged: bool = False
+    ) -> None:
+        """One update of every table from its ``(rows [N], mask [N])`` lookups (mask 1 for a
+        real value). ``flagged``: the touched flags of :meth:`grad_sinks` are set already; the
+        masks may then be None (the flags tell the touched rows)."""
         params = self._params()
         if len(lookups) != len(params):
             raise ValueError(f"{type(self).__name__}.step needs {len(params)} (rows, mask) pairs")
@@ -194,11 +207,14 @@ class RowOptimizer(Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 rows, mask = next(pairs)
-                part = self._update(p, group, rows, mask.to(_acc(p)), ok)
+                if mask is None and not flagged:
+                    raise ValueError("lookups without a mask need the touched flags set")
+                mask = mask.to(_acc(p)) if mask is not None else None
+                part = self._update(p, group, rows, mask, ok, flagged)
                 penalty = part if penalty is None else penalty + part
         self.last_penalty = penalty.float() if self.l2 > 0 else None
 
-    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok) -> Tensor:
+    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok, flagged) -> Tensor:
         """Update one table; returns the sum of squares of its distinct touched rows (before)."""
         state = self._state(p, group)
         grad_sum, touches = self._buffers(p)
@@ -216,10 +232,10 @@ class RowOptimizer(Optimizer):
         # sink has summed them already (and left .grad empty).
         if p.grad is not None or ex is not None:
             grad_sum.index_add_(0, idx, vals.to(grad_sum.dtype))
-        # Flags written by plain stores (every write is a 1): an index_add of counts would
-        # serialise on the atomics of popular rows (0.9 ms at batch 16,384).
-        real = torch.where(mask > 0, rows, p.shape[0])  # [N]; padding -> the spare entry
-        touches.index_put_((real,), touches.new_ones(()))
+        if not flagged:
+            # Flags written by plain stores (every write is a 1): an index_add of counts would
+            # serialise on the atomics of popular rows (0.9 ms at batch 16,384).
+            touches.index_put_((_real(p, rows, mask),), touches.new_ones(()))
         if ex is not None and whole_table:
             ex.sum_(grad_sum)
             ex.sum_(touches)
@@ -229,7 +245,16 @@ class RowOptimizer(Optimizer):
         if whole_table:
             squares = self._update_table(p, states, grad_sum, touches, size, group, ok)
         else:
-            first = self._first_writes(p, real) if self.l2 > 0 else mask
+            first = None
+            if self.l2 > 0:
+                # The penalty counts each touched row once: with the flags set, a lookup is of a
+                # touched row exactly when its row's flag is.
+                real = (
+                    _real(p, rows, mask)
+                    if mask is not None
+                    else torch.where(touches[rows] > 0, rows, p.shape[0])
+                )
+                first = self._first_writes(p, real)
             squares = self._update_rows(p, states, grad_sum, touches, rows, first, size, group, ok)
         state["step"].copy_(step)
         return squares
@@ -278,13 +303,17 @@ class RowOptimizer(Optimizer):
     def _update_rows(self, p, states, grad_sum, touches, rows, first, size, group, ok) -> Tensor:
         """The update per lookup: gathers of the touched rows, scatters of their new values;
         returns the sum of squares of the distinct touched rows before it (``[]``: the lookups
-        ``first`` marks, one per distinct row)."""
+        ``first`` marks, one per distinct row; 0 without ``first``, when ``l2`` is 0)."""
         apply = touches[rows] > 0  # [N] a real lookup touched this row
         if ok is not None:
             apply = apply & (ok > 0)
         apply = apply.unsqueeze(1)  # [N, 1]
         param = p[rows].to(grad_sum.dtype)  # [N, C]
-        squares = self._squares(param.pow(2) * first.unsqueeze(1))
+        squares = (
+            self._squares(param.pow(2) * first.unsqueeze(1))
+            if first is not None
+            else param.new_zeros(())
+        )
         g = grad_sum[rows]
         if self.l2 > 0:
             g = g + (2.0 * self.l2) * param
