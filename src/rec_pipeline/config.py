@@ -635,8 +635,9 @@ class RuntimeConfig(_Model):
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
     # eager: one kernel launch per op. graph: the step with fixed shapes and no host read,
     # captured once and replayed as a CUDA graph on a GPU (eagerly on the CPU); same maths
-    # (train/graph_step.py, docs/scaling.md). auto: graph on one GPU when the settings allow
-    # it (Config.static_step_blockers), eager otherwise.
+    # (train/graph_step.py, docs/scaling.md). auto: graph on GPUs, and on the CPU in one
+    # process (no sort of the sparse gradients: faster), when the settings allow it
+    # (Config.static_step_blockers); eager otherwise.
     step_mode: Literal["auto", "eager", "graph"] = "auto"
     # The captured step's objective (the model above the bag pooling, and the losses) through
     # torch.compile, fused into fewer kernels (GPU only; docs/scaling.md). dense: compile it

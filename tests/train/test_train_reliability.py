@@ -25,7 +25,9 @@ def data(encoded_project):
 
 
 def _cfg(params: dict, **over):
-    return load_config(deep_merge(params, {"runtime": {"device": "cpu"}, **over}))
+    """The eager step's reliability (the static step's is in test_graph_step.py)."""
+    runtime = {"device": "cpu", "step_mode": "eager", **over.pop("runtime", {})}
+    return load_config(deep_merge(params, {"runtime": runtime, **over}))
 
 
 def _weights(trainer: Trainer) -> dict:

@@ -149,7 +149,7 @@ def test_fp16_overflow_skips_the_sparse_and_dense_steps_together(data):
     weight: both optimisers skip the step and the scaler lowers its scale; a finite step then
     updates the tables with unscaled gradients."""
     params, meta, train, valid, _, _ = data
-    cfg = _cfg(params, runtime={"grad_clip_norm": 1.0})
+    cfg = _cfg(params, runtime={"grad_clip_norm": 1.0, "step_mode": "eager"})
     trainer = Trainer(cfg, meta, train, valid)
     assert trainer.opt.sparse is not None  # the tables go to SparseAdam
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)

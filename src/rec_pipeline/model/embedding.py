@@ -335,11 +335,11 @@ class FusedFieldEmbedding(nn.Module):
         n_rows = batch.cm_inverse.shape[0]  # B (the common side's U <= B records, padded)
         flag = iter(flags) if flags is not None else None
         plans = []
-        for table, row_offset, ids, fields, _, rows in self._sides(batch):
+        for table, row_offset, ids, fields, _, batch_rows in self._sides(batch):
             rows, offsets, bag = plan_bags(
                 ids,
                 fields,
-                rows,
+                batch_rows,
                 row_offset,
                 n_rows,
                 kernel=self._kernel(table),
@@ -481,12 +481,7 @@ class FusedFieldEmbedding(nn.Module):
         Looked up with ``F.embedding`` so that the gradient stays as sparse as the pooling's.
         """
         total = None
-        for table, row_offset, ids, fields in (
-            (self.skeleton_table, self.sk_row_offset, batch.sk_ids, batch.sk_fields),
-            (self.common_table, self.cm_row_offset, batch.cm_ids, batch.cm_fields),
-        ):
-            if table is None:
-                continue
+        for table, row_offset, ids, fields, _, _ in self._sides(batch):
             rows = torch.unique(ids + row_offset[fields])  # [n distinct]
             part = F.embedding(rows, table, sparse=self.sparse).float().pow(2).sum()
             total = part if total is None else total + part

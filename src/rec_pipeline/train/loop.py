@@ -287,13 +287,16 @@ class Trainer:
         self._log_plan()
 
     def _static_step(self, cfg: Config) -> bool:
-        """Whether this run takes the static step (``runtime.step_mode``; ``auto``: on one GPU
-        when the settings allow it, in bf16 or fp32)."""
+        """Whether this run takes the static step (``runtime.step_mode``; ``auto``: on GPUs, or
+        on the CPU in one process, when the settings allow it, in bf16 or fp32). On the CPU it
+        runs without a graph, and is faster than the eager step for the same maths: no sort of
+        the sparse gradients or of the looked-up rows (``make run``'s training, 2-core VM: 219
+        s against 291 s)."""
         mode = cfg.runtime.step_mode
         if mode != "auto":
             return mode == "graph"
         return (
-            self.device.type == "cuda"
+            (self.device.type == "cuda" or self.ranks is None)
             and self.amp_dtype != torch.float16
             and not cfg.static_step_blockers()
         )
