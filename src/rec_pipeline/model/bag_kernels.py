@@ -2,10 +2,10 @@
 
 The plan (:func:`bag_plan`): one pass over the values, ``PLAN_BLOCK`` at a time, that adds each
 field's row offset to its ids, writes each value's bag and, when asked, flags the rows the real
-values touch; then the offsets, one search per bag over the values' bags (sorted: the values
-are grouped by bag, so a 17-way search: 16 loads a step), which finds empty bags' offsets too. No atomics and no scan: the
-counts' ``index_add_`` serialised on long behaviour lists, and a suffix-minimum scan over the
-bags ran as one thread block (1 ms at batch 16,384). A flag is stored only where it still
+values touch; then the offsets, one search per bag over the values' bags (sorted, as the
+values are grouped by bag; a 17-way search, 16 loads a step), which finds empty bags' offsets
+too. No atomics and no scan: the counts' ``index_add_`` serialised on long behaviour lists, and
+a suffix-minimum scan over the bags ran as one thread block (1 ms at batch 16,384). A flag is stored only where it still
 reads 0: a behaviour list's popular items are looked up thousands of times a batch, and stores
 to one address serialise where loads hit the cache.
 

@@ -15,11 +15,12 @@ are written once and read back twice (the finite check and the optimiser's sum i
 where the sink's backward reads the ``[K, C]`` bag gradients and adds into rows directly.
 
 Two implementations of the same maths: torch ops (any device; the reference), and Triton
-kernels (CUDA; :mod:`rec_pipeline.model.bag_kernels`) with one program per bag, which read
-each looked-up row once and write the bag's sums without a ``[N, C]`` intermediate.
+kernels (CUDA; :mod:`rec_pipeline.model.bag_kernels`), which read each looked-up row once and
+write the bags' sums without a ``[N, C]`` intermediate.
 
 :func:`plan_bags` turns a batch side's values (per-field ids, field and batch row of each)
-into what the pooling reads: table rows, bag offsets, and (torch) each value's bag.
+into what the pooling reads: table rows, bag offsets and each value's bag (and, for a row
+optimiser, flags on the rows real values touch).
 """
 
 from __future__ import annotations
