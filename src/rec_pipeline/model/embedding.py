@@ -365,7 +365,6 @@ class FusedFieldEmbedding(nn.Module):
         """
         n_real = plan.n_real
         offsets = plan.offsets
-        n_ids = (offsets[1 : n_real + 1] - offsets[:n_real]).to(table.dtype)  # [n_real]
         pooled, wsum = bag_sums(
             table,
             plan.rows,
@@ -377,6 +376,8 @@ class FusedFieldEmbedding(nn.Module):
             kernel=self._kernel(table),
             sparse=self.sparse,
         )  # [n_real, D + L], [n_real]
+        if self.value_vector_index.numel() or self.weight_channel != "none":
+            n_ids = (offsets[1 : n_real + 1] - offsets[:n_real]).to(table.dtype)  # [n_real]
         columns = [pooled]
         if self.value_vector_index.numel():
             # mean of w_i e_i over the bag's ids (0 for an empty bag), before any division

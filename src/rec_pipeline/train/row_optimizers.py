@@ -80,11 +80,6 @@ LOOKUP_PASSES = 14
 TABLE_PASSES = 10
 
 
-def _real(p: Tensor, rows: Tensor, mask: Tensor) -> Tensor:
-    """``[N]`` the rows of real lookups, the spare entry ``rows`` of ``p`` for padding."""
-    return torch.where(mask > 0, rows, p.shape[0])
-
-
 def _acc(p: Tensor) -> torch.dtype:
     """The dtype the update is computed in: fp32, or the table's own when wider."""
     return torch.promote_types(p.dtype, torch.float32)
@@ -235,7 +230,8 @@ class RowOptimizer(Optimizer):
         if not flagged:
             # Flags written by plain stores (every write is a 1): an index_add of counts would
             # serialise on the atomics of popular rows (0.9 ms at batch 16,384).
-            touches.index_put_((_real(p, rows, mask),), touches.new_ones(()))
+            real = torch.where(mask > 0, rows, p.shape[0])  # [N]; padding -> the spare entry
+            touches.index_put_((real,), touches.new_ones(()))
         if ex is not None and whole_table:
             ex.sum_(grad_sum)
             ex.sum_(touches)
@@ -247,14 +243,9 @@ class RowOptimizer(Optimizer):
         else:
             first = None
             if self.l2 > 0:
-                # The penalty counts each touched row once: with the flags set, a lookup is of a
-                # touched row exactly when its row's flag is.
-                real = (
-                    _real(p, rows, mask)
-                    if mask is not None
-                    else torch.where(touches[rows] > 0, rows, p.shape[0])
-                )
-                first = self._first_writes(p, real)
+                # The penalty counts each touched row once; the flags (set by now, here or by
+                # the lookups) tell which lookups are of touched rows.
+                first = self._first_writes(p, torch.where(touches[rows] > 0, rows, p.shape[0]))
             squares = self._update_rows(p, states, grad_sum, touches, rows, first, size, group, ok)
         state["step"].copy_(step)
         return squares
