@@ -36,7 +36,7 @@ from rec_pipeline.train.loop import Trainer
 _DEVICE_TYPES = ("CUDA",)
 
 
-def attribute(events, steps: int) -> dict:
+def attribute(events, steps: int, top: int = 6) -> dict:
     """Per phase: device activities and device microseconds per step, top kernels.
 
     ``events``: the profiler's kineto events. A device activity belongs to the phase whose host
@@ -81,14 +81,15 @@ def attribute(events, steps: int) -> dict:
             "activities": count[name] / steps,
             "device_us": micros[name] / steps,
             "top": [
-                [k, launches[name][k] / steps, us / steps] for k, us in kernels[name].most_common(6)
+                [k, launches[name][k] / steps, us / steps]
+                for k, us in kernels[name].most_common(top)
             ],
         }
         for name in sorted(count, key=lambda n: -count[n])
     }
 
 
-def profile(trainer: Trainer, plan, steps: int, warmup: int) -> dict:
+def profile(trainer: Trainer, plan, steps: int, warmup: int, top: int = 6) -> dict:
     g = trainer.graph
     g.load(plan, 0)
     for _ in range(warmup):
@@ -100,7 +101,7 @@ def profile(trainer: Trainer, plan, steps: int, warmup: int) -> dict:
         for _ in range(steps):
             g._body(None)
         torch.cuda.synchronize()
-    return attribute(prof.profiler.kineto_results.events(), steps)
+    return attribute(prof.profiler.kineto_results.events(), steps, top)
 
 
 def main() -> None:
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 16384])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--top", type=int, default=6, help="kernels listed per phase")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -133,7 +135,7 @@ def main() -> None:
         )
         trainer = Trainer(load_config(p), meta, train, None)
         plan = train.plan(np.random.default_rng(0).permutation(len(train)), bs)
-        phases = profile(trainer, plan, args.steps, args.warmup)
+        phases = profile(trainer, plan, args.steps, args.warmup, args.top)
         total_n = sum(v["activities"] for v in phases.values())
         total_us = sum(v["device_us"] for v in phases.values())
         sizes = trainer.graph.batches.sizes

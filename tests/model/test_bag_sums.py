@@ -180,7 +180,13 @@ def test_the_torch_plan_is_the_definition():
     not (torch.cuda.is_available() and triton_available()), reason="no CUDA device with Triton"
 )
 @pytest.mark.parametrize("pad", [0, 6, 3000])
-def test_the_triton_plan_is_the_definition_on_cuda(pad):
+@pytest.mark.parametrize("many_bags", [False, True])
+def test_the_triton_plan_is_the_definition_on_cuda(pad, many_bags, monkeypatch):
+    """Both searches for the offsets: 16 probes a step (few bags), and binary (many)."""
+    from rec_pipeline.model import bag_kernels
+
+    if many_bags:
+        monkeypatch.setattr(bag_kernels, "MANY_BAGS", 1)
     ids, fields, batch_rows, row_offset = _side(1, n_rows=300, pad=pad, device="cuda")
     side = (t.cpu() for t in (ids, fields, batch_rows, row_offset))
     ref_rows, ref_offsets, ref_flags, ref_bags = _plan_loop(*side, 300)

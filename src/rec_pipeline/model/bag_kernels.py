@@ -3,8 +3,9 @@
 The plan (:func:`bag_plan`): one pass over the values, ``PLAN_BLOCK`` at a time, that adds each
 field's row offset to its ids, writes each value's bag and, when asked, flags the rows the real
 values touch; then the offsets, one search per bag over the values' bags (sorted, as the
-values are grouped by bag; a 17-way search, 16 loads a step), which finds empty bags' offsets
-too. No atomics and no scan: the counts' ``index_add_`` serialised on long behaviour lists, and
+values are grouped by bag), which finds empty bags' offsets too: a 17-way search (16 loads a
+step, issued together) where the bags are few and the chain of dependent loads bounds it, a
+binary one where they are many and the loads themselves do. No atomics and no scan: the counts' ``index_add_`` serialised on long behaviour lists, and
 a suffix-minimum scan over the bags ran as one thread block (1 ms at batch 16,384). A flag is stored only where it still
 reads 0: a behaviour list's popular items are looked up thousands of times a batch, and stores
 to one address serialise where loads hit the cache.
@@ -36,9 +37,14 @@ from torch import Tensor
 PLAN_BLOCK = 1024
 #: Values per program of the backward.
 BLOCK_V = 128
-#: Bags per program of the offsets' search, and the loads of each of its steps per bag.
+#: Bags per program of the offsets' search.
 OFFSETS_BLOCK = 128
+#: Loads a step of the search per bag: 16 with fewer bags than ``MANY_BAGS``, else 1.
 PROBES = 16
+#: With this many bags a batch's searches fill the GPU, and the 16 loads a step of the 17-way
+#: search cost more than its shorter chain saves (world2, batch 16,384: the offsets took 99 us
+#: with 16 probes, 64 us with 1; at batch 1,024, 24 us against 36 us).
+MANY_BAGS = 1 << 15
 
 
 @triton.jit(do_not_specialize=["N", "n_rows"])
@@ -132,12 +138,12 @@ def _backward_kernel(
     tl.atomic_add(sink + r[:, None] * C + cols[None, :], w[:, None] * g, mask=m, sem="relaxed")
 
 
-def _search_steps(n: int) -> int:
+def _search_steps(n: int, probes: int) -> int:
     """Steps of ``_offsets_kernel`` that leave no span: each step shrinks a span ``s`` to at most
-    ``ceil(s / (PROBES + 1))``, and a span of ``PROBES`` or less to 0."""
+    ``ceil(s / (probes + 1))``, and a span of ``probes`` or less to 0."""
     steps, span = 1, n
-    while span > PROBES:
-        span = -(-span // (PROBES + 1))
+    while span > probes:
+        span = -(-span // (probes + 1))
         steps += 1
     return steps
 
@@ -168,8 +174,9 @@ def bag_plan(
             flags if flags is not None else rows, n, n_rows, n_fields,
             HAS_FLAGS=flags is not None, BLOCK=PLAN_BLOCK, num_warps=4,
         )  # fmt: skip
+    probes = PROBES if n_bags + 1 < MANY_BAGS else 1
     _offsets_kernel[(triton.cdiv(n_bags + 1, OFFSETS_BLOCK),)](
-        bags, offsets, n, n_bags, _search_steps(n), BLOCK=OFFSETS_BLOCK, PROBES=PROBES,
+        bags, offsets, n, n_bags, _search_steps(n, probes), BLOCK=OFFSETS_BLOCK, PROBES=probes,
         num_warps=4,
     )  # fmt: skip
     return rows, offsets, bags

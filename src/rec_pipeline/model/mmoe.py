@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .mlp import MLP, make_activation
+from .mlp import MLP, AlignedLinear, make_activation
 
 # ------------------------------------------------------------------------------------- composer
 
@@ -26,7 +26,7 @@ class PartProjector(nn.Sequential):
         layers: list[nn.Module] = []
         width = int(in_dim)
         if proj_dim is not None:
-            layers.append(nn.Linear(width, int(proj_dim)))
+            layers.append(AlignedLinear(width, int(proj_dim)))
             width = int(proj_dim)
         if norm == "layernorm":
             layers.append(nn.LayerNorm(width))

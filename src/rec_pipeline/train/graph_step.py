@@ -12,7 +12,8 @@ What makes it static:
   gathered from a device-side counter); an epoch's short last batch runs the same step eagerly;
 * optimisers: :mod:`~rec_pipeline.train.row_optimizers` (torch's sparse Adagrad / SparseAdam
   update without the coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the
-  forward needs no ``unique``) and a capturable fused AdamW, learning rates in device tensors
+  forward needs no ``unique``) and a capturable fused AdamW whose kernel runs over short pieces
+  of the tensors (:class:`~rec_pipeline.train.pieces.PiecewiseAdamW`), learning rates in device tensors
   the schedulers fill; on one rank the bag pooling's backward adds the tables' gradients
   straight into the row optimiser's gradient sums (``bag_sums``' sinks), so no sparse
   ``[N, C]`` gradient is made, the lookups' plan flags the rows they touch as it groups them
@@ -20,7 +21,7 @@ What makes it static:
   in its place (every table entry's gradient is a weighted sum of its entries);
 * the positive weights live in a device tensor, refreshed from the host only when they change;
 * the guard: the finite flags of the loss components, every gradient and every guarded
-  parameter are combined on the device into the optimisers' ``found_inf``, so a step with a
+  parameter (norms of pieces of the dense tensors, a flag a piece) are combined on the device into the optimisers' ``found_inf``, so a step with a
   non-finite value changes no weight. The first step that must stop training, and the flags that
   name the culprits, are kept on the device; the host reads them at log, validation and save
   points (:meth:`GraphStep.poll`) and raises there. With ``on_nonfinite: stop`` every step after
@@ -65,6 +66,7 @@ from rec_pipeline.model.builder import ModelOutput
 from rec_pipeline.train.compiling import compile_wanted, compiled, warn_fallback
 from rec_pipeline.train.distributed import StaticExchange
 from rec_pipeline.train.losses import compute_losses, focal_active
+from rec_pipeline.train.pieces import pieces
 from rec_pipeline.train.precision import autocast
 from rec_pipeline.train.row_optimizers import RowOptimizer
 
@@ -331,29 +333,37 @@ class GraphStep:
             # of this one, so this one's norm flags them (a [B, F, C] read, not [N, C]).
             name = "gradient of the pooled embeddings (the embedding tables' gradients)"
             grads.append((name, pooled_grad))
-        flags = [torch.isfinite(values)]
+        flags, names = [torch.isfinite(values)], []
         if grads:
             # A norm is finite iff every entry is (an fp32 overflow of the norm itself counts as
             # non-finite too): one fused read of every gradient, where isfinite().all() would
-            # make several passes over the tables' [N, C] gradient values.
+            # make several passes over the tables' [N, C] gradient values. A flag a piece.
             tensors = [g._values() if g.is_sparse else g for _, g in grads]
-            norms = torch._foreach_norm(tensors)
+            # Pieces of the dense gradients only: their count must not change between steps,
+            # and the sparse values' and pooled gradient's sizes change with the batch.
+            vary = [i for i, (_, g) in enumerate(grads) if g.is_sparse or i >= len(params)]
+            views, owner = pieces(tensors, whole=vary)
+            norms = torch._foreach_norm(views)
             flags.append(torch.isfinite(torch.stack(norms)))
+            names += [grads[i][0] for i in owner]
             # The clip's total norm is made of the same norms (see _clip).
             clipped = {id(p) for p in t.clip_params}
-            pairs = zip(params, norms[: len(params)], strict=True)
-            self.clip_norms = [n for p, n in pairs if id(p) in clipped]
-        names = [n for n, _ in grads]
+            self.clip_norms = [
+                n
+                for n, i in zip(norms, owner, strict=True)
+                if i < len(params) and id(params[i]) in clipped
+            ]
+        n_fatal = 0
         if t.clip_params:
             with torch.no_grad():
-                norms = torch.stack(torch._foreach_norm([p.detach() for p in t.clip_params]))
+                views, owner = pieces([p.detach() for p in t.clip_params])
+                norms = torch.stack(torch._foreach_norm(views))
             flags.append(torch.isfinite(norms))
-            names += [f"parameter {t.param_names[id(p)]}" for p in t.clip_params]
+            names += [f"parameter {t.param_names[id(t.clip_params[i])]}" for i in owner]
+            n_fatal = len(views)
         flag = torch.cat(flags)
         # The parameters' flags come last; a non-finite parameter cannot be skipped.
-        fatal = torch.arange(flag.shape[0], device=flag.device) >= flag.shape[0] - len(
-            t.clip_params
-        )
+        fatal = torch.arange(flag.shape[0], device=flag.device) >= flag.shape[0] - n_fatal
         return names, flag, fatal
 
     def _clip(self, max_norm: float) -> None:
@@ -364,7 +374,7 @@ class GraphStep:
             return
         total = torch.linalg.vector_norm(torch.stack(self.clip_norms))
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as clip_grad_norm_
-        torch._foreach_mul_(grads, coef)
+        torch._foreach_mul_(pieces(grads)[0], coef)
 
     def _guard(self, loss_names: list[str], values: Tensor, pooled_grad: Tensor | None) -> Tensor:
         """The step's ``ok`` (a device bool): apply the update. Records the first fatal step."""
@@ -409,7 +419,10 @@ class GraphStep:
         if first_bad < 0:
             return int(skipped)
         flags = self.bad_flags.tolist()
-        culprits = [n for n, ok in zip(self.flag_names, flags, strict=True) if not ok]
+        # A tensor's pieces share its name: named once.
+        culprits = list(
+            dict.fromkeys(n for n, ok in zip(self.flag_names, flags, strict=True) if not ok)
+        )
         fatal_param = any(n.startswith("parameter ") for n in culprits)
         why = "runtime.on_nonfinite: stop" if not fatal_param else "a parameter cannot be skipped"
         raise NonFiniteError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from rec_pipeline.config import Config
+from rec_pipeline.train.pieces import PiecewiseAdamW
 from rec_pipeline.train.row_optimizers import RowAdagrad, RowAdam
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
 
     ``static`` (``runtime.step_mode: graph``): the same updates in forms a CUDA graph can
     replay: :class:`RowAdagrad` / :class:`RowAdam` instead of torch's (they also add the
-    ``embedding.l2_reg`` gradient), a capturable fused AdamW, and learning rates held in device
+    ``embedding.l2_reg`` gradient), a capturable fused AdamW (:class:`PiecewiseAdamW`), and learning rates held in device
     tensors that the schedulers fill in place (``initial_lr`` stays a float, so the schedules
     stay host maths).
     """
@@ -74,7 +75,9 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
         log.warning("Sparse optimiser has no parameters; embeddings are trained by AdamW.")
     on_gpu = bool(dense_params) and all(p.is_cuda for p in dense_params)
     device = dense_params[0].device if dense_params else torch.device("cpu")
-    dense = torch.optim.AdamW(
+    # The static step's: the same fused kernel, run over short pieces of the tensors.
+    adamw = PiecewiseAdamW if static else torch.optim.AdamW
+    dense = adamw(
         dense_params,
         lr=_lr(o.dense.lr, device, static),
         weight_decay=o.dense.weight_decay,
