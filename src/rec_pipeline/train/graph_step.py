@@ -13,19 +13,20 @@ What makes it static:
 * optimisers: :mod:`~rec_pipeline.train.row_optimizers` (torch's sparse Adagrad / SparseAdam
   update without the coalescing sort; it also adds the ``embedding.l2_reg`` gradient, so the
   forward needs no ``unique``) and a capturable fused AdamW whose kernel runs over short pieces
-  of the tensors (:class:`~rec_pipeline.train.pieces.PiecewiseAdamW`), learning rates in device tensors
-  the schedulers fill; on one rank the bag pooling's backward adds the tables' gradients
-  straight into the row optimiser's gradient sums (``bag_sums``' sinks), so no sparse
-  ``[N, C]`` gradient is made, the lookups' plan flags the rows they touch as it groups them
-  into bags (and hands the optimiser its rows), and the guard checks the pooled embeddings' gradient ``[B, F, C]``
-  in its place (every table entry's gradient is a weighted sum of its entries);
+  of the tensors (:class:`~rec_pipeline.train.pieces.PiecewiseAdamW`), learning rates in device
+  tensors the schedulers fill; on one rank the bag pooling's backward adds the tables' gradients
+  straight into the row optimiser's gradient sums (``bag_sums``' sinks), so no sparse ``[N, C]``
+  gradient is made, the lookups' plan flags the rows they touch as it groups them into bags (and
+  hands the optimiser its rows), and the guard checks the pooled embeddings' gradient
+  ``[B, F, C]`` in its place (every table entry's gradient is a weighted sum of its entries);
 * the positive weights live in a device tensor, refreshed from the host only when they change;
-* the guard: the finite flags of the loss components, every gradient and every guarded
-  parameter (norms of pieces of the dense tensors, a flag a piece) are combined on the device into the optimisers' ``found_inf``, so a step with a
-  non-finite value changes no weight. The first step that must stop training, and the flags that
-  name the culprits, are kept on the device; the host reads them at log, validation and save
-  points (:meth:`GraphStep.poll`) and raises there. With ``on_nonfinite: stop`` every step after
-  the first bad one is a no-op too, so the weights are those before it, as in the eager step.
+* the guard: the finite flags of the loss components, every gradient and every guarded parameter
+  (norms of pieces of the dense tensors, a flag a piece) are combined on the device into the
+  optimisers' ``found_inf``, so a step with a non-finite value changes no weight. The first step
+  that must stop training, and the flags that name the culprits, are kept on the device; the
+  host reads them at log, validation and save points (:meth:`GraphStep.poll`) and raises there.
+  With ``on_nonfinite: stop`` every step after the first bad one is a no-op too, so the weights
+  are those before it, as in the eager step.
 
 With ``runtime.compile`` (``auto``: where Triton is installed) the objective between the bag
 pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses),
