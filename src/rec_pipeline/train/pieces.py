@@ -28,26 +28,22 @@ def pieces(
     """Flat views of at most ``size`` values that cover each tensor (a non-contiguous one, and
     those whose indices are in ``whole``, are left whole), and for each view the index of the
     tensor it belongs to."""
-    views, owner = [], []
-    for i, t in enumerate(tensors):
-        cut = i not in whole and t.is_contiguous() and t.numel() > size
-        parts = t.view(-1).split(size) if cut else (t,)
-        views += parts
-        owner += [i] * len(parts)
+    (views,), owner = _pieces_alike([tensors], size, whole)
     return views, owner
 
 
 def _pieces_alike(
-    lists: Sequence[Sequence[Tensor]], size: int
+    lists: Sequence[Sequence[Tensor]], size: int, whole: Container[int] = ()
 ) -> tuple[list[list[Tensor]], list[int]]:
     """The same cut of every list's i-th tensor (one shape): pieces where all are contiguous,
-    the whole tensors where one is not; and for each piece the index of its tensors."""
+    the whole tensors where one is not or ``i`` is in ``whole``; and for each piece the index
+    of its tensors."""
     out: list[list[Tensor]] = [[] for _ in lists]
     owner: list[int] = []
     for i, group in enumerate(zip(*lists, strict=True)):
-        whole = any(not t.is_contiguous() for t in group) or group[0].numel() <= size
+        keep = i in whole or group[0].numel() <= size or not all(t.is_contiguous() for t in group)
         for dest, t in zip(out, group, strict=True):
-            dest.extend((t,) if whole else t.view(-1).split(size))
+            dest.extend((t,) if keep else t.view(-1).split(size))
         owner += [i] * (len(out[0]) - len(owner))
     return out, owner
 
