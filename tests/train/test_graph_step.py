@@ -11,6 +11,7 @@ from nan_losses import nan_loss_ctr
 import rec_pipeline.train.graph_step as graph_step
 from rec_pipeline.config import ConfigError, load_config
 from rec_pipeline.train.loop import NonFiniteError, Trainer
+from rec_pipeline.train.pieces import PIECE
 
 TABLES = ("embedding.skeleton_table", "embedding.common_table")
 QUIET = {"grad_diag_enabled": False, "log_health_metrics": False, "save_last": False}
@@ -117,6 +118,18 @@ def test_a_non_finite_step_stops_with_the_weights_of_before_it(data, monkeypatch
     assert "nor at any later step" in str(err.value)
     for name, value in clean.model.state_dict().items():
         assert torch.equal(poisoned.model.state_dict()[name], value), name
+
+
+def test_a_gradient_bad_in_every_piece_is_named_once(data):
+    """The guard flags pieces of the dense gradients (train/pieces.py): a gradient non-finite
+    throughout, in several pieces, is named once, and the step stops there."""
+    trainer = _trainer(data, "graph", max_train_steps=2, log_every=100, **QUIET)
+    name, big = max(trainer.model.named_parameters(), key=lambda item: item[1].numel())
+    assert big.numel() > 2 * PIECE and any(big is p for p in trainer.clip_params)
+    big.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    with pytest.raises(NonFiniteError, match="step 1: ") as err:
+        trainer.fit()
+    assert str(err.value).count(f"gradient of {name}") == 1
 
 
 def test_one_non_finite_entry_of_a_table_gradient_is_named(data):
