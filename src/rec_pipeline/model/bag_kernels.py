@@ -2,13 +2,14 @@
 
 The plan (:func:`bag_plan`): one pass over the values, ``PLAN_BLOCK`` at a time, that adds each
 field's row offset to its ids, writes each value's bag and, when asked, flags the rows the real
-values touch; then the offsets, one search per bag over the values' bags (sorted, as the
-values are grouped by bag), which finds empty bags' offsets too: a 17-way search (16 loads a
-step, issued together) where the bags are few and the chain of dependent loads bounds it, a
-binary one where they are many and the loads themselves do. No atomics and no scan: the counts' ``index_add_`` serialised on long behaviour lists, and
-a suffix-minimum scan over the bags ran as one thread block (1 ms at batch 16,384). A flag is stored only where it still
-reads 0: a behaviour list's popular items are looked up thousands of times a batch, and stores
-to one address serialise where loads hit the cache.
+values touch; then the offsets, one search per bag over the values' bags (sorted, as the values
+are grouped by bag), which finds empty bags' offsets too: a 17-way search (16 loads a step,
+issued together) where the bags are few and the chain of dependent loads bounds it, a binary one
+where they are many and the loads themselves do. No atomics and no scan: the counts'
+``index_add_`` serialised on long behaviour lists, and a suffix-minimum scan over the bags ran
+as one thread block (1 ms at batch 16,384). A flag is stored only where it still reads 0: a
+behaviour list's popular items are looked up thousands of times a batch, and stores to one
+address serialise where loads hit the cache.
 
 The forward: ``BAGS`` bags per program, one after the other, ``BLOCK_N`` values at a time: it
 gathers their rows ``[BLOCK_N, C]``, scales them by their weights and accumulates. Short bags

@@ -61,9 +61,9 @@ def build_optimizers(model: torch.nn.Module, cfg: Config, *, static: bool = Fals
 
     ``static`` (``runtime.step_mode: graph``): the same updates in forms a CUDA graph can
     replay: :class:`RowAdagrad` / :class:`RowAdam` instead of torch's (they also add the
-    ``embedding.l2_reg`` gradient), a capturable fused AdamW (:class:`PiecewiseAdamW`), and learning rates held in device
-    tensors that the schedulers fill in place (``initial_lr`` stays a float, so the schedules
-    stay host maths).
+    ``embedding.l2_reg`` gradient), a capturable fused AdamW (:class:`PiecewiseAdamW`), and
+    learning rates held in device tensors that the schedulers fill in place (``initial_lr``
+    stays a float, so the schedules stay host maths).
     """
     o = cfg.optim
     sparse_params = list(model.sparse_parameters()) if cfg.embedding.sparse_grad else []
