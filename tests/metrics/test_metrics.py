@@ -513,3 +513,18 @@ def test_fit_platt_matches_unregularised_logistic_regression():
     assert apply_platt(np.array([0.3]), (a, b))[0] == pytest.approx(0.1, rel=1e-4)
     # A score that ranks backwards is left as it is (a must stay > 0 to keep the ranking).
     assert fit_platt(1 - p, y) == (1.0, 0.0)
+
+
+def test_fit_platt_over_many_blocks_matches_one_block(monkeypatch):
+    """The fit's passes run over fixed row blocks on threads: 20 blocks give the fit of one."""
+    from rec_pipeline.metrics import calibration
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(-2.5, 1.2, 20_000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(1.4 * z + 0.5)))).astype(np.int8)
+    p = (1 / (1 + np.exp(-z))).astype(np.float32)
+    whole = calibration.fit_platt(p, y)
+    monkeypatch.setattr(calibration, "_PLATT_BLOCK", 1_000)
+    blocks = calibration.fit_platt(p, y)
+    assert blocks == pytest.approx(whole, rel=1e-12, abs=1e-12)
+    assert blocks[0] == pytest.approx(1.4, abs=0.1)  # and it recovers the planted slope

@@ -8,7 +8,9 @@ the float64 temporaries stay bounded.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -170,14 +172,30 @@ def calibration_bins(
     return bins
 
 
-def _platt_loss(t: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Log loss ``sum(softplus(t) - y * t)`` and ``q = sigmoid(t)`` of logits ``t`` (float64),
-    from one ``exp(-|t|)``: stable for any ``t``, and one exponential per trial point of the
-    fit (its cost on millions of rows)."""
+# Rows per block of the Platt fit: a block's float64 temporaries stay in the CPU caches, and
+# the blocks (fixed by size, so the sums do not depend on the thread count) run on threads.
+_PLATT_BLOCK = 1 << 18
+_PLATT_THREADS = min(os.cpu_count() or 1, 16)
+
+
+def _platt_block(z: np.ndarray, y: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Log loss and its derivative sums at ``t = a * z + b`` over one block of rows: float64
+    ``[loss, sum(r z), sum(r), sum(w z^2), sum(w z), sum(w)]`` with ``r = q - y`` and
+    ``w = q (1 - q)``, ``q = sigmoid(t)``. One ``exp(-|t|)`` gives both the stable softplus of
+    the loss and the sigmoid."""
+    t = a * z + b
     e = np.exp(-np.abs(t))
-    loss = float(np.sum(np.maximum(t, 0.0) + np.log1p(e) - y * t))
+    loss = np.sum(np.maximum(t, 0.0) + np.log1p(e) - y * t)
     q = np.where(t >= 0.0, 1.0, e) / (1.0 + e)
-    return loss, q
+    r = q - y
+    w = np.maximum(q * (1.0 - q), 1e-12)
+    wz = w * z
+    return np.array([loss, r @ z, r.sum(), wz @ z, wz.sum(), w.sum()])
+
+
+def _platt_sums(blocks, pool: ThreadPoolExecutor, a: float, b: float) -> np.ndarray:
+    """:func:`_platt_block` summed over the blocks, in block order."""
+    return np.sum(list(pool.map(lambda zy: _platt_block(*zy, a, b), blocks)), axis=0)
 
 
 def fit_platt(p: Any, y: Any, *, max_iter: int = 50, tol: float = 1e-10) -> tuple[float, float]:
@@ -186,7 +204,9 @@ def fit_platt(p: Any, y: Any, *, max_iter: int = 50, tol: float = 1e-10) -> tupl
     Newton-Raphson on the two parameters in float64 (the log loss is convex in (a, b)), starting
     at the identity (a, b) = (1, 0). Returns (1, 0) when the labels hold one class only (there is
     nothing to fit). Used to turn a model's outputs into probabilities on an unsampled,
-    unweighted split (the validation split): ``a > 0`` keeps every ranking.
+    unweighted split (the validation split): ``a > 0`` keeps every ranking. Each trial point is
+    one pass over the rows, in blocks on threads (NumPy releases the GIL), which yields its
+    loss and, once accepted, the next Newton step's gradient and Hessian.
     """
     p = to_numpy(p).astype(np.float64).reshape(-1)
     y = to_numpy(y).astype(np.float64).reshape(-1)
@@ -196,32 +216,31 @@ def fit_platt(p: Any, y: Any, *, max_iter: int = 50, tol: float = 1e-10) -> tupl
         return 1.0, 0.0
     p = np.clip(p, 1e-12, 1.0 - 1e-12)
     z = np.log(p) - np.log1p(-p)
-
+    blocks = [
+        (z[i : i + _PLATT_BLOCK], y[i : i + _PLATT_BLOCK]) for i in range(0, z.size, _PLATT_BLOCK)
+    ]
     a, b = 1.0, 0.0
-    loss, q = _platt_loss(z, y)
-    for _ in range(max_iter):
-        r = q - y  # d loss / d t
-        w = np.maximum(q * (1.0 - q), 1e-12)
-        g = np.array([np.dot(r, z), r.sum()])
-        h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]])
-        h[0, 0] += 1e-9  # a constant score column makes the Hessian singular
-        step = np.linalg.solve(h, g)
-        # Backtracking: a Newton step that does not lower the loss is halved. The accepted
-        # point's loss and sigmoid are those of its trial, so each point costs one pass.
-        t = 1.0
-        while t > 1e-6:
-            na, nb = a - t * float(step[0]), b - t * float(step[1])
-            new_loss, new_q = _platt_loss(na * z + nb, y)
-            if new_loss < loss:
+    with ThreadPoolExecutor(min(_PLATT_THREADS, len(blocks))) as pool:
+        sums = _platt_sums(blocks, pool, a, b)
+        for _ in range(max_iter):
+            loss = sums[0]
+            g = sums[1:3]
+            h = np.array([[sums[3], sums[4]], [sums[4], sums[5]]])
+            h[0, 0] += 1e-9  # a constant score column makes the Hessian singular
+            step = np.linalg.solve(h, g)
+            # Backtracking: a Newton step that does not lower the loss is halved.
+            t = 1.0
+            while t > 1e-6:
+                na, nb = a - t * float(step[0]), b - t * float(step[1])
+                sums = _platt_sums(blocks, pool, na, nb)
+                if sums[0] < loss:
+                    break
+                t *= 0.5
+            if t <= 1e-6:
                 break
-            t *= 0.5
-        if t <= 1e-6:
-            break
-        a, b = na, nb
-        done = loss - new_loss <= tol * max(1.0, abs(loss))
-        loss, q = new_loss, new_q
-        if done:
-            break
+            a, b = na, nb
+            if loss - sums[0] <= tol * max(1.0, abs(loss)):
+                break
     if not (math.isfinite(a) and math.isfinite(b)) or a <= 0.0:
         # A score that does not rank positives higher (or no usable fit): keep the outputs.
         return 1.0, 0.0
