@@ -14,6 +14,7 @@ Python loops run over fields and shards, never rows.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -281,9 +282,10 @@ def _encode_chunk(ctx: _Context, path: str, source: str, kind: str, chunk: int) 
 _CONTEXT: _Context | None = None  # a worker process's (see _encoded_chunks)
 
 
-def _init_encoder(ctx: _Context) -> None:
+def _init_encoder(path: str) -> None:
     global _CONTEXT
-    _CONTEXT = ctx
+    with open(path, "rb") as fh:
+        _CONTEXT = pickle.load(fh)
 
 
 def _encode_chunk_in_worker(path: str, source: str, kind: str, chunk: int) -> _EncodedChunk:
@@ -297,7 +299,14 @@ def _encoded_chunks(ctx: _Context, tasks: list[tuple], workers: int) -> Iterator
         for task in tasks:
             yield _encode_chunk(ctx, *task)
         return
-    yield from ordered_map(_encode_chunk_in_worker, tasks, workers, _init_encoder, (ctx,))
+    # The context (the vocabulary and the common-record indexes: ~150 MB at Ali-CCP's size) is
+    # pickled once into a file that each worker reads, not into every worker's start-up pipe:
+    # the parent's write to that pipe blocks until the child has started and read it all, so
+    # the workers would start one after another.
+    path = ctx.staging / "encode-context.pickle"
+    with open(path, "wb") as fh:
+        pickle.dump(ctx, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    yield from ordered_map(_encode_chunk_in_worker, tasks, workers, _init_encoder, (str(path),))
 
 
 class _EncodePass:

@@ -150,6 +150,9 @@ class ShardWriter:
         os.replace(part.path, self.path / name)
 
     def _write_manifest(self) -> None:
+        # Rewritten after every part, so its cost grows with the parts written: compact JSON
+        # (the C encoder) is ~4x cheaper than indented (the pure-Python one), which matters at
+        # a thousand parts a folder.
         tmp = self.path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"parts": self._parts}, indent=1))
+        tmp.write_text(json.dumps({"parts": self._parts}, separators=(",", ":")))
         os.replace(tmp, self.path / MANIFEST)
