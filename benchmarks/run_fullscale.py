@@ -53,7 +53,8 @@ def _folder_mb(folder: Path) -> float:
 class Stages:
     """Times each stage and keeps one row per stage; with ``profile`` (a folder), each stage
     also runs under cProfile, and its 40 costliest calls (cumulative time) of this process,
-    not of its workers, are written there as ``<stage>.txt``."""
+    not of its workers, are written there as ``<stage>.txt`` (the whole profile as
+    ``<stage>.prof``)."""
 
     def __init__(self, profile: Path | None = None) -> None:
         self.rows: list[dict] = []
@@ -73,6 +74,7 @@ class Stages:
             pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
             slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0])
             (self.profile / f"{slug}.txt").write_text(out.getvalue())
+            profiler.dump_stats(self.profile / f"{slug}.prof")  # for pstats, sorted any way
         row = {"stage": name, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
         for key, value in measures.items():
             row[key] = value(result, seconds) if callable(value) else value
