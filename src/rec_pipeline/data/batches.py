@@ -80,8 +80,9 @@ class Jagged:
         """Interleave per-field list columns into one jagged set; returns (Jagged, extra cols).
 
         Shards are read and interleaved by a pool of threads (Parquet decoding and NumPy's
-        copies release the GIL), one shard each, in shard order: at Ali-CCP's size a split
-        holds hundreds of millions of values, which one thread takes most of a minute to lay out.
+        copies release the GIL), one shard each, in shard order, and joined by the same threads:
+        at Ali-CCP's size a split holds hundreds of millions of values, which one thread takes
+        most of a minute to lay out.
         """
         cols = [c for f in field_names for c in (f"id_{f}", f"w_{f}")] + list(extra)
 
@@ -92,17 +93,18 @@ class Jagged:
         files = shards.files
         with ThreadPoolExecutor(max_workers=max(1, min(len(files), LOAD_THREADS))) as pool:
             loaded = list(pool.map(load, files))
-        parts = [p for p, _ in loaded]
-        extras = {c: [cols_[i] for _, cols_ in loaded] for i, c in enumerate(extra)}
-        if parts:
-            ids = np.concatenate([p[0] for p in parts])
-            flds = np.concatenate([p[1] for p in parts])
-            w = np.concatenate([p[2] for p in parts])
-            lengths = np.concatenate([p[3] for p in parts])
-        else:
-            ids, flds, w, lengths = (
-                np.empty(0, t) for t in (np.int32, np.int16, np.float32, np.int64)
-            )
+            parts = [p for p, _ in loaded]
+            extras = {
+                c: _join([cols_[i] for _, cols_ in loaded], pool) if loaded else np.empty(0)
+                for i, c in enumerate(extra)
+            }
+            del loaded
+            if parts:
+                ids, flds, w, lengths = (_join([p[i] for p in parts], pool) for i in range(4))
+            else:
+                ids, flds, w, lengths = (
+                    np.empty(0, t) for t in (np.int32, np.int16, np.float32, np.int64)
+                )
         row_ptr = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=row_ptr[1:])
         jagged = Jagged(
@@ -112,7 +114,7 @@ class Jagged:
             row_ptr=torch.from_numpy(row_ptr),
             lengths=torch.from_numpy(lengths),
         )
-        return jagged, {c: np.concatenate(v) if v else np.empty(0) for c, v in extras.items()}
+        return jagged, extras
 
     def to(self, device: torch.device | str) -> Jagged:
         return replace(
@@ -159,6 +161,20 @@ class BatchPlan:
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
+
+
+def _join(parts: list[np.ndarray], pool: ThreadPoolExecutor) -> np.ndarray:
+    """``np.concatenate(parts)``, each part copied into place by one of the pool's threads: at
+    Ali-CCP's size a split's parts hold hundreds of millions of values, too many for one
+    thread to copy while the others wait."""
+    ends = np.cumsum([p.size for p in parts])
+    out = np.empty(int(ends[-1]), parts[0].dtype)
+
+    def copy(k: int) -> None:
+        np.copyto(out[ends[k] - parts[k].size : ends[k]], parts[k])
+
+    list(pool.map(copy, range(len(parts))))
+    return out
 
 
 def _interleave(table, field_names: Sequence[str]):
