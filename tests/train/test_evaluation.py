@@ -11,7 +11,12 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from rec_pipeline.train.evaluation import Correction, evaluate_model, fit_calibration
+from rec_pipeline.train.evaluation import (
+    Correction,
+    align_truth,
+    evaluate_model,
+    fit_calibration,
+)
 
 
 class ToySplit:
@@ -142,3 +147,20 @@ def test_max_batches_truth_and_fit_calibration():
     moved = fit_calibration(type(res.outputs)(**{**vars(res.outputs), "conversion": shifted}))
     assert moved["cvr"] == params["cvr"] != [1.0, 0.0]
     assert params["ctr"] != [1.0, 0.0]
+
+
+@pytest.mark.parametrize("order", ["same", "shuffled"])
+def test_align_truth_matches_a_lookup_by_sample_id(order):
+    """The truth rows in the split's order, whether the table comes in that order (one
+    comparison) or shuffled (sort and search); a split row the truth lacks gives no oracle."""
+    rng = np.random.default_rng(4)
+    sample_id = rng.choice(10**9, size=5_000, replace=False).astype(np.int64)
+    truth = pd.DataFrame({"sample_id": sample_id, "p_ctr": rng.random(5_000)})
+    truth["p_cvr"] = rng.random(5_000)
+    if order == "shuffled":
+        truth = truth.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    got = align_truth(truth, sample_id)
+    by_id = {int(s): (c, v) for s, c, v in truth[["sample_id", "p_ctr", "p_cvr"]].itertuples(False)}
+    assert got["p_ctr"].tolist() == [by_id[int(s)][0] for s in sample_id]
+    assert got["p_cvr"].tolist() == [by_id[int(s)][1] for s in sample_id]
+    assert align_truth(truth.iloc[1:], sample_id) is None

@@ -109,6 +109,10 @@ def align_truth(truth: pd.DataFrame | None, sample_id: np.ndarray) -> dict | Non
     if truth is None or len(truth) == 0:
         return None
     ids = truth["sample_id"].to_numpy(np.int64)
+    if np.array_equal(ids, sample_id):
+        # Already in the split's order (the generator writes both in file order): one
+        # comparison instead of a sort and a search over tens of millions of ids.
+        return {c: truth[c].to_numpy(np.float64) for c in ("p_ctr", "p_cvr")}
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     pos = np.searchsorted(ids, sample_id)
