@@ -76,7 +76,9 @@ def count_training_shards(
 
 def _count_shard(count: tuple, path: str, kind: str) -> IdCounter:
     skeleton, common, valid_fraction, seed = count
-    table = [pq.read_table(path)]
+    fields = skeleton if kind == "samples" else common
+    # The ids and the record keys only: the weight lists are as large and are not counted.
+    table = [pq.read_table(path, columns=[CFI, *(f"id_{f}" for f in fields)])]
     samples, commons = (table, []) if kind == "samples" else ([], table)
     return count_training_ids(
         samples, commons, skeleton, common, valid_fraction=valid_fraction, seed=seed
