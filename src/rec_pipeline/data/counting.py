@@ -1,14 +1,15 @@
 """Vocabulary counts: the raw ids of the training split's parsed rows, counted per field.
 
 Validation groups are left out (they must look unseen). Over shard folders the count runs shard
-by shard, in worker processes when asked: each sends back only its shard's distinct ids and
-their counts (a fraction of the rows), merged here.
+by shard, in worker processes when asked: each counts runs of consecutive shards and sends back
+only their distinct ids and counts (a fraction of the rows), merged here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -17,6 +18,9 @@ from rec_pipeline.data.sampling import valid_group_mask
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.vocab import IdCounter
 from rec_pipeline.data.workers import ordered_map, worker_count
+
+# Runs of consecutive shards counted per worker process (see count_training_shards).
+GROUPS_PER_WORKER = 4
 
 
 def count_training_ids(
@@ -58,14 +62,18 @@ def count_training_shards(
     workers: int | str = 1,
 ) -> IdCounter:
     """:func:`count_training_ids` of parsed shard folders, shard by shard; with ``workers`` > 1
-    in that many processes, each counting whole shards and sending back its distinct ids and
-    their counts, which are merged here (the counts are the same whatever the number)."""
+    in that many processes, each counting runs of whole shards and sending back their distinct
+    ids and counts, which are merged here (the counts are the same whatever the number)."""
     count = (list(skeleton), list(common), valid_fraction, seed)
     tasks = [(str(p), "samples") for p in samples.files]
     tasks += [(str(p), "commons") for p in commons.files]
     n_workers = worker_count(workers, len(tasks))
     if n_workers > 1:
-        partials = ordered_map(_count_shard_in_worker, tasks, n_workers, _init_counter, count)
+        # A few runs of consecutive shards per worker, each merged there: this process then
+        # merges tens of partial counts, not one per shard (thousands at Ali-CCP's size).
+        runs = np.array_split(np.arange(len(tasks)), min(len(tasks), GROUPS_PER_WORKER * n_workers))
+        groups = [([tasks[i] for i in run],) for run in runs]
+        partials = ordered_map(_count_group_in_worker, groups, n_workers, _init_counter, count)
     else:
         partials = (_count_shard(count, *t) for t in tasks)
     counter = IdCounter()
@@ -93,5 +101,8 @@ def _init_counter(*count) -> None:
     _COUNT = count
 
 
-def _count_shard_in_worker(path: str, kind: str) -> IdCounter:
-    return _count_shard(_COUNT, path, kind)
+def _count_group_in_worker(group: list[tuple[str, str]]) -> IdCounter:
+    counter = IdCounter()
+    for path, kind in group:
+        counter.merge(_count_shard(_COUNT, path, kind))
+    return counter
