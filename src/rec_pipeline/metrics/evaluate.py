@@ -209,29 +209,21 @@ def metrics_of(
     true_ctr, true_cvr = _truth_columns(truth, n)
     clicked = click == 1
     opts = {"n_bins": n_bins, "strategy": calibration_strategy, "eps": eps}
+    # Per task: (the model's scores, the calibrated probabilities, the labels).
     blocks = {
-        "ctr": (probs.ctr, probs.ctr_cal, click, true_ctr),
-        "cvr": (
-            probs.cvr[clicked],
-            probs.cvr_cal[clicked],
-            conversion[clicked],
-            None if true_cvr is None else true_cvr[clicked],
-        ),
-        "ctcvr": (
-            probs.ctcvr,
-            probs.ctcvr_cal,
-            conversion,
-            None if true_ctr is None else true_ctr * true_cvr,
-        ),
+        "ctr": (probs.ctr, probs.ctr_cal, click),
+        "cvr": (probs.cvr[clicked], probs.cvr_cal[clicked], conversion[clicked]),
+        "ctcvr": (probs.ctcvr, probs.ctcvr_cal, conversion),
     }
+    oracle_scores = {}
+    if true_ctr is not None:
+        oracle_scores = {"ctr": true_ctr, "cvr": true_cvr[clicked], "ctcvr": true_ctr * true_cvr}
     # One thread per task and one per oracle AUC: the sorts, searches and ufuncs release the
     # GIL, so on tens of millions of rows they run side by side (each computed as alone).
     with ThreadPoolExecutor(2 * len(blocks)) as pool:
-        futures = {t: pool.submit(_task_block, *args[:3], **opts) for t, args in blocks.items()}
+        futures = {t: pool.submit(_task_block, *block, **opts) for t, block in blocks.items()}
         oracles = {
-            t: pool.submit(roc_auc, args[3], args[2])
-            for t, args in blocks.items()
-            if args[3] is not None
+            t: pool.submit(roc_auc, scores, blocks[t][2]) for t, scores in oracle_scores.items()
         }
     tasks = {t: f.result() for t, f in futures.items()}
     for t, f in oracles.items():
