@@ -4,12 +4,15 @@ encode, sample, train, evaluate on every test row; one table of seconds, through
     python -m benchmarks.run_fullscale --work /data/fullscale                 # conf/fullscale
     python -m benchmarks.run_fullscale --work /tmp/fs10 --params \\
         "synthetic.n_train_rows=4230000,synthetic.n_test_rows=4300000"        # a tenth of the rows
+    python -m benchmarks.run_fullscale --work /data/fs --env fullscale aliccp \\
+        --params "runtime.epochs=3"                # the source recipe's 40,000 steps, full size
 
 It runs the library steps the Kedro nodes call (``write_synthetic``, ``process_folder``,
 ``train.run.train``, ``train.run.evaluate_checkpoint``) with the parameters of ``conf/base``
-merged key by key with ``conf/<env>`` and the ``--params`` overrides (dotted, values as YAML), so
+merged key by key with each ``conf/<env>`` in turn and the ``--params`` overrides (dotted, values as YAML), so
 it runs where Kedro is not installed (a bare GPU image); ``kedro run --env=fullscale`` runs the
-same steps through the catalog. Each stage prints one JSON line when it ends; the table and
+same steps through the catalog. The library's log (training's validations, compilation and
+capture) goes to stderr. Each stage prints one JSON line when it ends; the table and
 ``fullscale.json`` (in ``--work``) come at the end. Peak RSS is the largest of this process and
 of every worker it started (``ru_maxrss``); GPU memory is the training and evaluation peak.
 """
@@ -20,6 +23,7 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import pstats
 import resource
 import time
@@ -109,13 +113,16 @@ def main() -> None:
     from rec_pipeline.train.run import evaluate_checkpoint, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default="fullscale", help="conf environment merged over conf/base")
+    ap.add_argument(
+        "--env", nargs="+", default=["fullscale"], help="conf environments merged over conf/base"
+    )
     ap.add_argument("--params", default="", help='dotted overrides, e.g. "runtime.epochs=1"')
     ap.add_argument("--work", required=True, help="folder for the raw files and every artefact")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--profile", type=Path, default=None, help="folder for per-stage profiles")
     args = ap.parse_args()
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = parameters(args.env, args.params)
     params["runtime"].update({"device": args.device, "progress_bar": False, "auto_eval": False})
     cfg = load_config(params)  # every key checked before any work
@@ -167,6 +174,7 @@ def main() -> None:
     )
     report = {
         "machine": machine(),
+        "envs": args.env,
         "params": args.params,
         "stages": stages.rows,
         "data_seconds": data.seconds,

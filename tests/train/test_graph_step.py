@@ -235,8 +235,8 @@ def test_the_objective_traces_as_one_graph_with_the_same_values(data):
 def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project, rule):
     """``runtime.compile: dense`` on a GPU: the captured step with the inductor-compiled
     objective and row optimiser (either rule) follows the uncompiled one (bf16 autocast both;
-    fused kernels round differently), through the aux-focal term's switch (a second
-    compilation, outside any capture)."""
+    fused kernels round differently), through the aux-focal term's switch, which is a value
+    on the device: no second compilation or capture at it."""
     from rec_pipeline.data.batches import load_splits
 
     cat = catalog(encoded_project, TRAINING)
@@ -258,9 +258,19 @@ def test_compiled_objective_trains_like_the_written_one_on_cuda(encoded_project,
         over["runtime"].update(QUIET, log_every=4)
         cfg = load_config(deep_merge(params, over))
         trainer = Trainer(cfg, meta, splits["train"], splits["valid"])
+        captured = []  # the static batch slots of each capture (kept alive: distinct ids)
+        real_capture = trainer.graph._capture
+
+        def capture(real=real_capture, graph=trainer.graph, log=captured):
+            log.append(graph.batches)
+            real()
+
+        trainer.graph._capture = capture
         results[mode] = trainer.fit()
         assert (trainer.graph.objective_fn is not None) == (mode == "dense")
         assert trainer.step > 5  # past the switch
+        # Captured once per set of slots (again only where an epoch's slots grew).
+        assert captured and len({id(b) for b in captured}) == len(captured)
     loss = {
         m: r.history.query("kind == 'train' and name == 'loss_total'")["value"].to_numpy()
         for m, r in results.items()

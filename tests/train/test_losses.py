@@ -246,6 +246,25 @@ def test_focal_off_before_warmup_on_after():
     )
 
 
+def test_a_tensor_switch_gives_the_bool_switchs_values_and_gradients():
+    """The static step turns the focal term on with a 0/1 tensor (one graph for both states):
+    on either side of the warm-up, every component, the total and the gradients are those of
+    the plain bool, to the bit."""
+    pw = {"ctr": 1.0, "ctcvr": 5.0}
+    for on in (False, True):
+        runs = []
+        for focal in (on, torch.tensor(float(on))):
+            cfg, la, lb, click, conv = _focal_setup(warmup=100)
+            res = compute_losses(make_out(la, lb), click, conv, focal=focal, cfg=cfg, pos_weight=pw)
+            res.total.backward()
+            comps = {k: float(v.detach()) for k, v in res.components.items()}
+            runs.append((float(res.total.detach()), comps, la.grad.clone(), lb.grad.clone()))
+        (total_b, comps_b, ga_b, gb_b), (total_t, comps_t, ga_t, gb_t) = runs
+        assert (comps_b["loss_ctcvr_focal"] > 0) == on
+        assert total_t == total_b and comps_t == comps_b
+        assert torch.equal(ga_t, ga_b) and torch.equal(gb_t, gb_b)
+
+
 def test_focal_detach_changes_gradient_not_value():
     results = {}
     for detach in (True, False):

@@ -32,12 +32,13 @@ With ``runtime.compile`` (``auto``: where Triton is installed) the objective bet
 pooling and the backward (:meth:`GraphStep._objective`: the model's dense part, then the losses),
 the row optimiser's updates and the static batch gather run through ``torch.compile``, so the
 capture records a few fused kernels where the written code launches hundreds. They compile in
-eager warm-up steps, before any capture: at the start, when the aux-focal term switches on, and
-when the value slots grow.
+eager warm-up steps, before any capture: at the start, and when the value slots grow.
 
-The graph is captured again (a few steps of eager warm-up only the first time) when the value
-slots must grow for a later epoch, or when the CTCVR aux-focal term switches on after its
-warm-up (the loss's structure changes). Not supported (refused with the key named, by the
+The CTCVR aux-focal term's warm-up is a 0/1 switch on the device (filled by the host like the
+positive weights), so the term switching on changes no graph: one compilation and one capture
+serve the whole run (a switch in the traced code would compile and capture a second time, ~the
+seed recipe's first minute at Ali-CCP's size). The graph is captured again when the value slots
+must grow for a later epoch. Not supported (refused with the key named, by the
 config): fp16 loss scaling, ``loss.pos_weight_dynamic``.
 
 With several ranks (``runtime.devices``) the collectives are part of the captured step: the
@@ -110,13 +111,11 @@ class GraphStep:
                 self.sinks, self.flags = [s for s, _ in pairs], [f for _, f in pairs]
         self.batches: StaticBatches | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.graph_key: bool | None = None
         self.warm = 0
-        self.warm_key: bool | None = None  # the aux-focal state of the warm-up steps
         self.last_batch: Batch | None = None
         self.clip_norms: list[Tensor] = []  # the guard's norms of the clipped gradients
-        # The static steps' objective compiled (``runtime.compile``): static shapes, so one
-        # compilation per aux-focal state; the short last batch runs it as written.
+        # The static steps' objective compiled (``runtime.compile``): static shapes and the
+        # aux-focal switch a tensor, so one compilation; the short last batch runs it as written.
         self.compile_mode = t.cfg.runtime.compile
         self.objective_fn = None
         if self.capture and compile_wanted(self.compile_mode):
@@ -125,6 +124,11 @@ class GraphStep:
                 t.opt.sparse.compile(fallback=self.compile_mode == "auto")
         self.pos_weight = torch.ones(2, device=dev)  # [ctr, ctcvr]
         self._pos_weight_host: tuple[float, float] | None = None
+        # The aux-focal term's switch [] (0/1), or False where the term is never on.
+        self.focal: Tensor | bool = torch.zeros((), device=dev)
+        self._focal_host: bool | None = None
+        if not t.cfg.loss.aux_focal.enabled:
+            self.focal = False
         self.steps = torch.zeros((), dtype=torch.int64, device=dev)  # steps run
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
         self.skipped = torch.zeros((), dtype=torch.int64, device=dev)
@@ -165,6 +169,7 @@ class GraphStep:
         """One step: the next static batch (``batch`` None) or an ordinary batch, eagerly;
         then the learning-rate schedules' step (host maths, filling the rate tensors)."""
         self._refresh_pos_weight()
+        self._refresh_focal()
         self._device_step(batch)
         self.trainer.scheds.step()
 
@@ -172,11 +177,8 @@ class GraphStep:
         if batch is not None or not self.capture:
             self._body(batch)
             return
-        key = focal_active(self.trainer.cfg, self.trainer.step)
-        if self.graph is None or key != self.graph_key:
-            if key != self.warm_key:  # a new objective: compiled (if at all) outside a capture
-                self.warm, self.warm_key = 0, key
-            if self.warm < WARMUP_STEPS:
+        if self.graph is None:
+            if self.warm < WARMUP_STEPS:  # compiled (if at all) outside a capture
                 self.warm += 1
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
@@ -190,7 +192,7 @@ class GraphStep:
                         time.perf_counter() - start,
                     )
                 return
-            self._capture(key)
+            self._capture()
         self.graph.replay()
         self.last_batch = self.batches.current
 
@@ -209,13 +211,13 @@ class GraphStep:
             self.batches.counter.sub_(1)  # the batch the failed step took
             self._body(None)
 
-    def _capture(self, key: bool) -> None:
+    def _capture(self) -> None:
         self.graph = None
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # the body sets the gradients to None first
             self._body(None)
-        self.graph, self.graph_key = graph, key
+        self.graph = graph
         log.info("Training step captured as a CUDA graph (%s).", self.batches.sizes)
 
     def release(self) -> None:
@@ -235,6 +237,13 @@ class GraphStep:
             self.pos_weight[1].fill_(host[1])
             self._pos_weight_host = host
 
+    def _refresh_focal(self) -> None:
+        if isinstance(self.focal, Tensor):
+            on = focal_active(self.trainer.cfg, self.trainer.step)
+            if on != self._focal_host:
+                self.focal.fill_(float(on))
+                self._focal_host = on
+
     def _body(self, batch: Batch | None) -> None:
         """The step's device work; ``batch`` None takes the next static batch."""
         t = self.trainer
@@ -253,9 +262,7 @@ class GraphStep:
             if self.sinks is not None:
                 stacked.retain_grad()  # the guard's stand-in for the tables' gradients
             objective = self.objective_fn if static and self.objective_fn else self._objective
-            total, names, values = objective(
-                stacked, batch.click, batch.conversion, focal_active(t.cfg, t.step)
-            )
+            total, names, values = objective(stacked, batch.click, batch.conversion, self.focal)
         with phase("backward"):
             t.opt.zero_grad()
             total.backward()
@@ -300,7 +307,7 @@ class GraphStep:
             self.steps.add_(1)
 
     def _objective(
-        self, stacked: Tensor, click: Tensor, conversion: Tensor, focal: bool
+        self, stacked: Tensor, click: Tensor, conversion: Tensor, focal: Tensor | bool
     ) -> tuple[Tensor, list[str], Tensor]:
         """Everything between the bag pooling and the backward, with fixed shapes for a fixed B
         (what ``runtime.compile`` fuses): the model's dense part under autocast, then the fp32

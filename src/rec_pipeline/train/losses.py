@@ -165,11 +165,14 @@ def focal_active(cfg: Config, step: int) -> bool:
 
 
 def _ctcvr_focal(
-    log_p: Tensor, y_conv: Tensor, bce: Tensor, *, active: bool, cfg: Config, zero: Tensor
+    log_p: Tensor, y_conv: Tensor, bce: Tensor, *, active: bool | Tensor, cfg: Config, zero: Tensor
 ) -> Tensor:
-    """Mean focal-weighted CTCVR term ``[]``; ``zero`` unless ``active``."""
+    """Mean focal-weighted CTCVR term ``[]``; ``zero`` unless ``active``.
+
+    ``active`` may be a 0/1 float tensor ``[]``: the term is then always computed and scaled by
+    it, so one compiled graph (and one captured step) serves both sides of the warm-up."""
     focal = cfg.loss.aux_focal
-    if not active:
+    if not torch.is_tensor(active) and not active:
         return zero
     fw = focal_weight(
         log_p,
@@ -179,7 +182,8 @@ def _ctcvr_focal(
         detach=focal.detach_p_for_weight,
         dtype=torch.float32 if focal.compute_fp32 else _autocast_dtype(y_conv.device),
     )
-    return (fw * bce).mean()
+    term = (fw * bce).mean()
+    return term * active if torch.is_tensor(active) else term
 
 
 def esmm_losses(
@@ -187,7 +191,7 @@ def esmm_losses(
     y_click: Tensor,
     y_conv: Tensor,
     *,
-    focal: bool,
+    focal: bool | Tensor,
     cfg: Config,
     pos_weight: Mapping[str, float | Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -279,7 +283,7 @@ def compute_losses(
     conversion: Tensor,
     *,
     step: int | None = None,
-    focal: bool | None = None,
+    focal: bool | Tensor | None = None,
     cfg: Config,
     pos_weight: Mapping[str, float | Tensor],
 ) -> LossResult:
@@ -291,7 +295,8 @@ def compute_losses(
         click, conversion: labels ``[B]`` (0/1).
         step: global optimisation step (for the aux-focal warm-up).
         focal: whether the aux-focal term is on, instead of deriving it from ``step``
-            (:func:`focal_active`); one of the two is needed.
+            (:func:`focal_active`); one of the two is needed. A 0/1 float tensor ``[]`` turns
+            it on or off without changing the computation's structure (the static step).
         cfg: the config.
         pos_weight: ``{"ctr": w, "ctcvr": w}`` from :meth:`PosWeights.current`.
 
