@@ -115,8 +115,8 @@ def _measure(args, base: dict, meta, train: SplitData, bs: int, mode: str, devic
             "save_last": False,
         }
     )
-    # The aux-focal term on from the first step: the objective of most of a run, and no switch
-    # (a new capture, and with runtime.compile a second compilation) inside the timed steps.
+    # The aux-focal term on from the first step: the objective of most of a run (its switch is a
+    # value on the device, so no new capture or compilation either way).
     p["loss"]["aux_focal"]["warmup_steps"] = 0
     p["optim"]["lr_scheduler"]["total_steps"] = total + 1
     p["optim"]["lr_scheduler"]["warmup_steps"] = 1
