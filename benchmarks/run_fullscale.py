@@ -9,9 +9,9 @@ encode, sample, train, evaluate on every test row; one table of seconds, through
 
 It runs the library steps the Kedro nodes call (``write_synthetic``, ``process_folder``,
 ``train.run.train``, ``train.run.evaluate_checkpoint``) with the parameters of ``conf/base``
-merged key by key with each ``conf/<env>`` in turn and the ``--params`` overrides (dotted, values as YAML), so
-it runs where Kedro is not installed (a bare GPU image); ``kedro run --env=fullscale`` runs the
-same steps through the catalog. The library's log (training's validations, compilation and
+merged key by key with each ``conf/<env>`` in turn and the ``--params`` overrides (dotted,
+values as YAML), so it runs where Kedro is not installed (a bare GPU image); ``kedro run
+--env=fullscale`` runs the same steps through the catalog. The library's log (training's validations, compilation and
 capture) goes to stderr. Each stage prints one JSON line when it ends; the table and
 ``fullscale.json`` (in ``--work``) come at the end. Peak RSS is the largest of this process and
 of every worker it started (``ru_maxrss``); GPU memory is the training and evaluation peak.
