@@ -56,6 +56,8 @@ def _train(
     l2: float = 0.0,
     pad: int = 0,
     compile_: bool = False,
+    before_steps=None,
+    fixed_shapes: bool = True,
 ):
     """``steps`` steps of squared error on skewed lookups, by the torch reference of ``rule``
     (the L2 penalty in the loss, over ``unique`` rows) or by its row-wise form (``row``)."""
@@ -67,6 +69,8 @@ def _train(
         opt = ROW_FORM[rule](table, l2)
         if compile_:
             opt.compile(fallback=False)
+        if before_steps is not None:
+            before_steps(opt)
     for rows, target in batches:
         opt.zero_grad()
         loss = _loss(table, rows, target)
@@ -81,7 +85,7 @@ def _train(
         if pad:  # padding lookups repeat a touched row and count for nothing
             rows = torch.cat([rows, rows[-1:].repeat(pad), torch.tensor([ROWS - 1])])
             mask = torch.cat([mask, torch.zeros(pad + 1, dtype=torch.float64)])
-        opt.step([(rows, mask)])
+        opt.step([(rows, mask)], fixed_shapes=fixed_shapes)
     return start, table.detach(), opt
 
 
@@ -240,6 +244,37 @@ def test_the_compiled_row_form_equals_torchs_sparse_update(rule, layout, monkeyp
     _, got, opt = _train(rule, row=True, l2=0.01, pad=7, compile_=True)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert opt._update_rows.__name__ == "call"  # the compiled wrapper ran
+
+
+@RULES
+@LAYOUTS
+def test_lookups_of_other_shapes_run_the_updates_as_written_after_compile(
+    rule, layout, monkeypatch
+):
+    """An epoch's short last batch (``fixed_shapes=False``) must not reach the compiled updates,
+    which would compile again for its shapes: here they raise if called, and the steps still
+    give the reference's table."""
+    _force(monkeypatch, layout)
+
+    def compiled_updates_raise(opt):
+        def refuse(*args, **kwargs):
+            raise AssertionError("the compiled update ran for lookups of other shapes")
+
+        opt._update_rows = opt._update_table = refuse
+
+    _, expected, _ = _train(rule, row=False, l2=0.01)
+    _, got, _ = _train(
+        rule,
+        row=True,
+        l2=0.01,
+        pad=7,
+        compile_=True,
+        before_steps=compiled_updates_raise,
+        fixed_shapes=False,
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(AssertionError, match="compiled update ran"):
+        _train(rule, row=True, compile_=True, before_steps=compiled_updates_raise)
 
 
 def test_a_failed_compilation_runs_the_function_as_written_when_allowed(caplog):

@@ -289,7 +289,7 @@ class GraphStep:
         with phase("sparse_optimizer"):
             if isinstance(t.opt.sparse, RowOptimizer):
                 t.opt.sparse.found_inf = found_inf
-                t.opt.sparse.step(lookups, flagged=self.flags is not None)
+                t.opt.sparse.step(lookups, flagged=self.flags is not None, fixed_shapes=static)
         with phase("loss_log"):
             penalty = getattr(t.opt.sparse, "last_penalty", None)
             if penalty is not None:

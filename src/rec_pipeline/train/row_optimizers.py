@@ -62,7 +62,7 @@ into the other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -116,6 +116,8 @@ class RowOptimizer(Optimizer):
         self._writer: dict[int, Tensor] = {}
         #: ``[]`` fp32 after each step with ``l2 > 0``: the penalty's value (module docstring).
         self.last_penalty: Tensor | None = None
+        # After :meth:`compile`: the updates as written, for lookups of other shapes.
+        self._as_written: dict[str, Callable] = {}
 
     # ------------------------------------------------------------------ what a rule defines
 
@@ -144,6 +146,7 @@ class RowOptimizer(Optimizer):
         on (nothing has run when a compilation fails), instead of raising."""
         what = type(self).__name__
         for name in ("_update_rows", "_update_table"):
+            self._as_written[name] = getattr(self, name)
             setattr(self, name, compiled(getattr(self, name), f"{what}.{name}", fallback))
 
     def _params(self) -> list[Tensor]:
@@ -188,11 +191,18 @@ class RowOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, lookups: Sequence[tuple[Tensor, Tensor | None]], *, flagged: bool = False
+        self,
+        lookups: Sequence[tuple[Tensor, Tensor | None]],
+        *,
+        flagged: bool = False,
+        fixed_shapes: bool = True,
     ) -> None:
         """One update of every table from its ``(rows [N], mask [N])`` lookups (mask 1 for a
         real value). ``flagged``: the touched flags of :meth:`grad_sinks` are set already; the
-        masks may then be None (the flags tell the touched rows)."""
+        masks may then be None (the flags tell the touched rows). ``fixed_shapes`` False: the
+        lookups are not of the static step's shapes (an epoch's short last batch), so the
+        updates run as written even after :meth:`compile`, where each new ``N`` would compile
+        them anew (seconds, at every epoch's end)."""
         params = self._params()
         if len(lookups) != len(params):
             raise ValueError(f"{type(self).__name__}.step needs {len(params)} (rows, mask) pairs")
@@ -205,12 +215,17 @@ class RowOptimizer(Optimizer):
                 if mask is None and not flagged:
                     raise ValueError("lookups without a mask need the touched flags set")
                 mask = mask.to(_acc(p)) if mask is not None else None
-                part = self._update(p, group, rows, mask, ok, flagged)
+                part = self._update(p, group, rows, mask, ok, flagged, fixed_shapes)
                 penalty = part if penalty is None else penalty + part
         self.last_penalty = penalty.float() if self.l2 > 0 else None
 
-    def _update(self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok, flagged) -> Tensor:
+    def _update(
+        self, p: Tensor, group: dict, rows: Tensor, mask: Tensor, ok, flagged, fixed_shapes: bool
+    ) -> Tensor:
         """Update one table; returns the sum of squares of its distinct touched rows (before)."""
+        written = {} if fixed_shapes else self._as_written
+        update_table = written.get("_update_table", self._update_table)
+        update_rows = written.get("_update_rows", self._update_rows)
         state = self._state(p, group)
         grad_sum, touches = self._buffers(p)
         idx, vals = self._entries(p)
@@ -239,14 +254,14 @@ class RowOptimizer(Optimizer):
         size = self._step_size(group, step)
         states = [state[name] for name in self.STATE]
         if whole_table:
-            squares = self._update_table(p, states, grad_sum, touches, size, group, ok)
+            squares = update_table(p, states, grad_sum, touches, size, group, ok)
         else:
             first = None
             if self.l2 > 0:
                 # The penalty counts each touched row once; the flags (set by now, here or by
                 # the lookups) tell which lookups are of touched rows.
                 first = self._first_writes(p, torch.where(touches[rows] > 0, rows, p.shape[0]))
-            squares = self._update_rows(p, states, grad_sum, touches, rows, first, size, group, ok)
+            squares = update_rows(p, states, grad_sum, touches, rows, first, size, group, ok)
         state["step"].copy_(step)
         return squares
 
