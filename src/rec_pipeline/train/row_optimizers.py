@@ -202,7 +202,7 @@ class RowOptimizer(Optimizer):
         masks may then be None (the flags tell the touched rows). ``fixed_shapes`` False: the
         lookups are not of the static step's shapes (an epoch's short last batch), so the
         updates run as written even after :meth:`compile`, where each new ``N`` would compile
-        them anew (seconds, at every epoch's end)."""
+        them anew (a compilation at every epoch's end)."""
         params = self._params()
         if len(lookups) != len(params):
             raise ValueError(f"{type(self).__name__}.step needs {len(params)} (rows, mask) pairs")
