@@ -157,7 +157,9 @@ class DataConfig(_Model):
     neg_keep_at_least: int | None = Field(450_000, ge=0)
 
     source: Literal["synthetic", "files"] = "synthetic"
-    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # The source recipe's share; 0.1 left the CVR tower, which learns from clicks only, fewer
+    # of them: 0.05 measured +0.0026 AUC primary on world2 (five seeds, CVR up on each).
+    valid_fraction: float = Field(0.05, gt=0.0, lt=1.0)
     fields: FieldsConfig = Field(default_factory=FieldsConfig)
     chunk_mb: int = Field(16, gt=0)
     # Processes that parse the raw files' chunks, and then encode the parsed shards, at once: a
