@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+
+import numpy as np
 import pytest
 import torch
 from kedro_project import TINY, TRAINING, catalog, deep_merge, encoded
@@ -180,3 +184,22 @@ def test_fp16_overflow_skips_the_sparse_and_dense_steps_together(data):
     moved = (table - before["embedding.skeleton_table"]).abs().max()
     # Adam's first step moves a touched row by about lr, not by lr times the loss scale.
     assert 0 < moved <= 2 * cfg.optim.sparse.lr
+
+
+def test_a_validation_without_conversions_is_named_when_no_best_is_chosen(data, caplog):
+    """No conversion in the validation split: no CVR or CTCVR AUC, so no auc_primary picks a
+    best checkpoint. The last weights are kept, and a warning says why and which key helps."""
+    params, meta, train, valid, _, _ = data
+    no_conversions = copy.copy(valid)
+    no_conversions.conversion_host = np.zeros_like(valid.conversion_host)
+    no_conversions.conversion = torch.zeros_like(valid.conversion)
+    quiet = {"grad_diag_enabled": False, "log_health_metrics": False, "save_last": False}
+    cfg = _cfg(params, runtime={"device": "cpu", "max_train_steps": 3, **quiet})
+    trainer = Trainer(cfg, meta, train, no_conversions)
+    with caplog.at_level(logging.WARNING, logger="rec_pipeline.train.loop"):
+        result = trainer.fit()
+    assert result.summary["best_step"] == 3  # the last weights
+    assert "auc_primary" not in result.summary["best_metrics"]
+    clicks = int(valid.click_host.sum())
+    assert f"has {len(valid)} rows, {clicks} clicks, 0 conversions" in caplog.text
+    assert "data.valid_fraction" in caplog.text

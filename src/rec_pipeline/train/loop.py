@@ -753,6 +753,17 @@ class Trainer:
             last = self._snapshot(self._calibration())
         if self.best is None:
             # No validation split (or no AUC yet): the last weights are the best we have.
+            valid = self.valid_data
+            if valid is not None and len(valid):
+                log.warning(
+                    "No validation gave an auc_primary (the validation split has %d rows, %d "
+                    "clicks, %d conversions: a task without positives has no AUC), so the last "
+                    "weights are kept as the best; a larger data.valid_fraction gives "
+                    "validation more rows.",
+                    len(valid),
+                    int(valid.click_host.sum()),
+                    int(valid.conversion_host.sum()),
+                )
             self.best = self._snapshot(self._calibration())
         checkpoint = self._checkpoint(last, state)
         summary = {
