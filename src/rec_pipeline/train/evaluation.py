@@ -109,20 +109,18 @@ def align_truth(truth: pd.DataFrame | None, sample_id: np.ndarray) -> dict | Non
     if truth is None or len(truth) == 0:
         return None
     ids = truth["sample_id"].to_numpy(np.int64)
+    columns = {c: truth[c].to_numpy(np.float64) for c in ("p_ctr", "p_cvr")}
     if np.array_equal(ids, sample_id):
         # Already in the split's order (the generator writes both in file order): one
         # comparison instead of a sort and a search over tens of millions of ids.
-        return {c: truth[c].to_numpy(np.float64) for c in ("p_ctr", "p_cvr")}
+        return columns
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     pos = np.searchsorted(ids, sample_id)
     pos = np.minimum(pos, len(ids) - 1)
     if not np.array_equal(ids[pos], sample_id):
         return None  # truth does not cover these rows (e.g. real data): no oracle
-    return {
-        "p_ctr": truth["p_ctr"].to_numpy(np.float64)[order][pos],
-        "p_cvr": truth["p_cvr"].to_numpy(np.float64)[order][pos],
-    }
+    return {c: v[order][pos] for c, v in columns.items()}
 
 
 def fit_calibration(outputs: SplitOutputs) -> dict[str, list[float]]:

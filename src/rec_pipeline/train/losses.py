@@ -172,7 +172,8 @@ def _ctcvr_focal(
     ``active`` may be a 0/1 float tensor ``[]``: the term is then always computed and scaled by
     it, so one compiled graph (and one captured step) serves both sides of the warm-up."""
     focal = cfg.loss.aux_focal
-    if not torch.is_tensor(active) and not active:
+    switch = active if torch.is_tensor(active) else None
+    if switch is None and not active:
         return zero
     fw = focal_weight(
         log_p,
@@ -183,7 +184,7 @@ def _ctcvr_focal(
         dtype=torch.float32 if focal.compute_fp32 else _autocast_dtype(y_conv.device),
     )
     term = (fw * bce).mean()
-    return term * active if torch.is_tensor(active) else term
+    return term if switch is None else term * switch
 
 
 def esmm_losses(
