@@ -74,7 +74,7 @@ def run_ours(
 
     import rec_pipeline
     from rec_pipeline.config import load_config
-    from rec_pipeline.data.processing import process_folder
+    from rec_pipeline.data.processing import encoding_settings, process_folder
     from rec_pipeline.data.raw import RawFiles
     from rec_pipeline.train.loop import resolve_device
     from rec_pipeline.train.run import evaluate_checkpoint, train
@@ -92,29 +92,12 @@ def run_ours(
 
     # ---- data: parse, vocabularies, split + sample + encode (cached per data parameters)
     raw = RawFiles(Path(raw_dir)).check()
-    h = hashlib.sha256()
-    for name in (
-        "sample_skeleton_train.csv",
-        "common_features_train.csv",
-        "sample_skeleton_test.csv",
-        "common_features_test.csv",
-    ):
-        path = (Path(raw_dir) / name).resolve()
-        h.update(f"{path}|{path.stat().st_size}|{path.stat().st_mtime_ns}".encode())
-    # So does the code that encodes (a refactor invalidates the cache) ...
+    # One folder per raw files and encoding settings (so a sweep keeps each encoding) ...
+    h = hashlib.sha256(json.dumps(encoding_settings(raw, cfg.data, cfg.vocab)).encode())
+    # ... and per code that encodes (a refactor invalidates the cache).
     pkg_dir = Path(rec_pipeline.__file__).parent
     for src in sorted((pkg_dir / "data").rglob("*.py")):
         h.update(src.read_bytes())
-    # ... and everything under data / vocab but the loader's settings, the data's source and
-    # the sampling rate (sampling runs on the cached encoding).
-    loader_keys = {"batch_size", "num_workers", "num_workers_valid", "pin_memory"}
-    loader_keys |= {"persistent_workers", "drop_last", "debug", "prefetch_factor"}
-    loader_keys |= {"metadata_path", "source", "neg_keep_prob_train"}
-    data_params = {
-        "data": {k: v for k, v in cfg.data.model_dump(mode="json").items() if k not in loader_keys},
-        "vocab": cfg.vocab.model_dump(mode="json"),
-    }
-    h.update(json.dumps(data_params, sort_keys=True, default=str).encode())
     folder = Path(work_dir) / f"ours_encoding_{h.hexdigest()[:16]}"
     done = folder / "encode_report.json"
     was_encoded = done.exists()

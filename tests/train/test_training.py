@@ -203,3 +203,20 @@ def test_a_validation_without_conversions_is_named_when_no_best_is_chosen(data, 
     clicks = int(valid.click_host.sum())
     assert f"has {len(valid)} rows, {clicks} clicks, 0 conversions" in caplog.text
     assert "data.valid_fraction" in caplog.text
+
+
+def test_no_second_validation_just_after_an_epoch_end(data):
+    """Validations fall every ``valid_every`` steps and at each epoch end, but a scheduled one
+    less than half an interval after an epoch end's is not run (it would score nearly the
+    same weights)."""
+    params, meta, train, valid, _, _ = data
+    runtime = {"epochs": 2, "log_every": 1000, "save_last": False}
+    probe = Trainer(_cfg(params, data={"batch_size": 512}, runtime=runtime), meta, train, valid)
+    per_epoch = probe.steps_per_epoch
+    every = per_epoch // 2 + 1  # 2 x every lands 1-2 steps after the first epoch end
+    assert 0 < 2 * every - per_epoch < every // 2
+    cfg = _cfg(params, data={"batch_size": 512}, runtime={**runtime, "valid_every": every})
+    history = Trainer(cfg, meta, train, valid).fit().history
+    steps = sorted(set(history.query("kind == 'valid'")["step"]))
+    scheduled = set(range(every, 2 * per_epoch + 1, every)) - {2 * every}
+    assert steps == sorted(scheduled | {per_epoch, 2 * per_epoch})

@@ -5,6 +5,7 @@ benchmarks and scripts; the pipeline itself runs the same steps as nodes through
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from rec_pipeline.config import DataConfig, VocabConfig
+from rec_pipeline.data.aliccp import SPLIT_FILES
 from rec_pipeline.data.counting import count_training_shards
 from rec_pipeline.data.encode import ENCODE_OUTPUTS, encode_splits
 from rec_pipeline.data.metadata import DatasetMetadata, describe
@@ -24,6 +26,10 @@ from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
 
 # Where the worker processes write their part files before they are moved into place.
 STAGING = "_staging"
+# Written with the encoding: what it was made from. A folder is reused only for the same.
+SETTINGS = "encode_settings.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,15 +103,54 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     return seconds
 
 
+def encoding_settings(raw: RawFiles, data: DataConfig, vocab: VocabConfig) -> dict:
+    """What an encoding depends on: each raw file (path, size, modification time), the split's
+    seed and validation share, the fields, the chunk size and the vocabulary keys. Not the
+    worker count (the shards' bytes are the same for any) nor the sampling keys (sampling runs
+    on the encoding)."""
+    files = {}
+    for path in [f(split) for split in SPLIT_FILES for f in (raw.skeleton, raw.common)]:
+        st = path.resolve().stat()
+        files[path.name] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    keep = ("seed", "valid_fraction", "fields", "chunk_mb")
+    return {
+        "raw": files,
+        "data": {k: v for k, v in data.model_dump(mode="json").items() if k in keep},
+        "vocab": vocab.model_dump(mode="json"),
+    }
+
+
+def _reusable(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds a complete encoding made from ``settings``."""
+    if not (folder / "encode_report.json").exists():
+        return False
+    path = folder / SETTINGS
+    made_from = json.loads(path.read_text()) if path.exists() else None
+    if made_from == settings:
+        return True
+    differ = sorted(
+        f"{part}.{k}"
+        for part in settings
+        for k in set(settings[part]) | set((made_from or {}).get(part, {}))
+        if settings[part].get(k) != (made_from or {}).get(part, {}).get(k)
+    )
+    log.info("Encoding %s again: made from other settings (%s).", folder, ", ".join(differ))
+    return False
+
+
 def process_folder(
     raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: Path
 ) -> ProcessedData:
-    """Every data-processing step into ``folder``. An encoding already complete there (same
-    folder) is reused: only negative sampling and the metadata are made again."""
+    """Every data-processing step into ``folder``. An encoding complete there and made from the
+    same raw files and settings (:func:`encoding_settings`) is reused: only negative sampling
+    and the metadata are made again. Otherwise the folder is encoded anew."""
     folder = Path(folder)
     seconds = {}
-    if not (folder / "encode_report.json").exists():
+    settings = encoding_settings(raw, data, vocab)
+    if not _reusable(folder, settings):
+        (folder / "encode_report.json").unlink(missing_ok=True)
         seconds = encode_folder(raw, data, vocab, folder)
+        (folder / SETTINGS).write_text(json.dumps(settings, indent=1))
     t0 = time.perf_counter()
     train_all = ShardSet(folder / "encoded_train_all")
     report = json.loads((folder / "encode_report.json").read_text())

@@ -264,6 +264,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.history = History()
         self.step, self.nonfinite_skipped = 0, 0
+        self._validated_at = -(10**18)  # the step of the last validation
         self.best: Snapshot | None = None
         self._window_sums: torch.Tensor | None = None  # loss sums of the log interval, on device
         self._window_n = 0
@@ -416,6 +417,8 @@ class Trainer:
         self.scaler.load_state_dict(state.scaler)
         state.rng.restore(self.device)
         self.history.rows = list(state.history)
+        valid_steps = [r["step"] for r in self.history.rows if r["kind"] == "valid"]
+        self._validated_at = max(valid_steps, default=self._validated_at)
         self.best = ckpt.best
         self.step, self.nonfinite_skipped = state.step, state.nonfinite_skipped
         if state.log_window.get("sums") is not None:
@@ -497,8 +500,13 @@ class Trainer:
         if self.step % rt.log_every == 0 or self.step == self.stop_step:
             self._log_window(clock, bar)
         end_of_epoch = self.step % self.steps_per_epoch == 0
-        due = self.step % self.cfg.valid_every == 0 or end_of_epoch or self.step == self.stop_step
+        every = self.cfg.valid_every
+        # A scheduled validation just after an epoch end's (within half an interval) would
+        # score nearly the same weights again: it is skipped.
+        scheduled = self.step % every == 0 and self.step - self._validated_at >= every // 2
+        due = scheduled or end_of_epoch or self.step == self.stop_step
         if due and self.is_main:  # on all validation rows: one rank, global metrics
+            self._validated_at = self.step
             t_valid = time.perf_counter()
             self._poll_graph()
             self._validate()
