@@ -507,14 +507,22 @@ class Trainer:
         due = scheduled or end_of_epoch or self.step == self.stop_step
         if due and self.is_main:  # on all validation rows: one rank, global metrics
             self._validated_at = self.step
+            self._drain()
             t_valid = time.perf_counter()
-            self._poll_graph()
             self._validate()
             clock.aside(time.perf_counter() - t_valid)
         periodic = self.state_store is not None and self.step % self.checkpoint_every == 0
         if periodic and self.step < self.stop_step:
-            self._poll_graph()
+            self._drain()
             self._save_state(clock)
+
+    def _drain(self) -> None:
+        """Wait for the steps queued on the device before time is set aside (validation, state
+        saves): the aside holds none of their work, so the window's samples/s counts all of
+        it. (Timed without it, windows with a validation read a sixth faster at full size.)"""
+        self._poll_graph()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _poll_graph(self) -> None:
         """The static step's guard record: raises for a stopping step; counts skipped batches."""
