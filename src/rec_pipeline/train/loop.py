@@ -500,10 +500,15 @@ class Trainer:
         if self.step % rt.log_every == 0 or self.step == self.stop_step:
             self._log_window(clock, bar)
         end_of_epoch = self.step % self.steps_per_epoch == 0
-        every = self.cfg.valid_every
-        # A scheduled validation just after an epoch end's (within half an interval) would
-        # score nearly the same weights again: it is skipped.
-        scheduled = self.step % every == 0 and self.step - self._validated_at >= every // 2
+        every, near = self.cfg.valid_every, self.cfg.valid_every // 2
+        # Epoch ends and the last step always validate. A scheduled validation within half an
+        # interval of one (after or before it) would score nearly the same weights: skipped.
+        forced = min(-(-self.step // self.steps_per_epoch) * self.steps_per_epoch, self.stop_step)
+        scheduled = (
+            self.step % every == 0
+            and self.step - self._validated_at >= near
+            and forced - self.step >= near
+        )
         due = scheduled or end_of_epoch or self.step == self.stop_step
         if due and self.is_main:  # on all validation rows: one rank, global metrics
             self._validated_at = self.step
@@ -730,9 +735,10 @@ class Trainer:
         flat = flat_metrics(metrics)
         self.history.add(self.step, "valid", flat)
         log.info("valid @ step %d: %s", self.step, summarise(metrics))
-        primary = metrics.get("auc_primary")
-        best = None if self.best is None else self.best.metrics.get("auc_primary")
-        if primary is not None and (best is None or primary > best):
+        key = self.cfg.runtime.best_metric
+        score = flat.get(key)
+        best = None if self.best is None else self.best.metrics.get(key)
+        if score is not None and (best is None or score > best):
             self.best = self._snapshot(fit_calibration(result.outputs), flat)
 
     def _valid_batch_size(self) -> int:
@@ -772,10 +778,11 @@ class Trainer:
             valid = self.valid_data
             if valid is not None and len(valid):
                 log.warning(
-                    "No validation gave an auc_primary (the validation split has %d rows, %d "
-                    "clicks, %d conversions: a task without positives has no AUC), so the last "
-                    "weights are kept as the best; a larger data.valid_fraction gives "
+                    "No validation gave an %s (runtime.best_metric; the validation split has %d "
+                    "rows, %d clicks, %d conversions: a task without positives has no AUC), so "
+                    "the last weights are kept as the best; a larger data.valid_fraction gives "
                     "validation more rows.",
+                    self.cfg.runtime.best_metric,
                     len(valid),
                     int(valid.click_host.sum()),
                     int(valid.conversion_host.sum()),
