@@ -60,7 +60,7 @@ def test_real_data_environment_is_the_source_recipe():
             "backbone": {"wide_per_task": False},
             "heads": {"default": {"extra_inputs": []}, "cvr": {"dropout": 0.1}},
         },
-        "runtime": {"valid_every": None},
+        "runtime": {"valid_every": None, "best_metric": "auc_primary"},
         "optim": {"sparse": {"type": "adam"}},
         "data": {"neg_keep_at_least": None},
     }

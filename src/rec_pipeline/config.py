@@ -616,7 +616,7 @@ class RuntimeConfig(_Model):
     valid_every: Steps | None = 0.1
     # The validation AUC that picks the best weights (higher is better). auc_primary weighs the
     # conversions' AUCs, which are noisy on a small validation split; auc_ctr rests on the clicks.
-    best_metric: Literal["auc_primary", "auc_ctr", "auc_cvr", "auc_ctcvr"] = "auc_primary"
+    best_metric: Literal["auc_primary", "auc_ctr", "auc_cvr", "auc_ctcvr"] = "auc_ctr"
     amp: bool = True
     amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
     grad_diag_enabled: bool = True

@@ -194,8 +194,8 @@ def test_a_validation_without_conversions_is_named_when_no_best_is_chosen(data, 
     no_conversions.conversion_host = np.zeros_like(valid.conversion_host)
     no_conversions.conversion = torch.zeros_like(valid.conversion)
     quiet = {"grad_diag_enabled": False, "log_health_metrics": False, "save_last": False}
-    cfg = _cfg(params, runtime={"device": "cpu", "max_train_steps": 3, **quiet})
-    trainer = Trainer(cfg, meta, train, no_conversions)
+    runtime = {"device": "cpu", "max_train_steps": 3, "best_metric": "auc_primary", **quiet}
+    trainer = Trainer(_cfg(params, runtime=runtime), meta, train, no_conversions)
     with caplog.at_level(logging.WARNING, logger="rec_pipeline.train.loop"):
         result = trainer.fit()
     assert result.summary["best_step"] == 3  # the last weights
