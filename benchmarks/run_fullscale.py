@@ -137,16 +137,12 @@ def main() -> None:
     print(machine(), "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 
     world = SyntheticSource(load_section("synthetic", params["synthetic"]).build())
-    marker = raw / MARKER_NAME
-    made = marker.stat().st_mtime_ns if marker.exists() else None
     stages.run(
         "generate",
         lambda: world.materialize(raw),  # an up-to-date world in --work is reused
-        throughput=lambda _, s: (
-            "reused" if marker.stat().st_mtime_ns == made else f"{_folder_mb(raw) / s:,.0f} MB/s"
-        ),
+        throughput=lambda wrote, s: f"{_folder_mb(raw) / s:,.0f} MB/s" if wrote else "reused",
     )
-    splits = json.loads(marker.read_text())["summary"]["splits"]
+    splits = json.loads((raw / MARKER_NAME).read_text())["summary"]["splits"]
     raw_mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
     data = stages.run(
         "parse + vocabularies + encode + sample",

@@ -110,8 +110,9 @@ def encoding_settings(raw: RawFiles, data: DataConfig, vocab: VocabConfig) -> di
     on the encoding)."""
     files = {}
     for path in [f(split) for split in SPLIT_FILES for f in (raw.skeleton, raw.common)]:
-        st = path.resolve().stat()
-        files[path.name] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+        real = path.resolve()
+        st = real.stat()
+        files[path.name] = [str(real), st.st_size, st.st_mtime_ns]
     keep = ("seed", "valid_fraction", "fields", "chunk_mb")
     return {
         "raw": files,
@@ -125,14 +126,14 @@ def _reusable(folder: Path, settings: dict) -> bool:
     if not (folder / "encode_report.json").exists():
         return False
     path = folder / SETTINGS
-    made_from = json.loads(path.read_text()) if path.exists() else None
+    made_from = json.loads(path.read_text()) if path.exists() else {}
     if made_from == settings:
         return True
     differ = sorted(
         f"{part}.{k}"
-        for part in settings
-        for k in set(settings[part]) | set((made_from or {}).get(part, {}))
-        if settings[part].get(k) != (made_from or {}).get(part, {}).get(k)
+        for part, now in settings.items()
+        for k in set(now) | set(made_from.get(part, {}))
+        if now.get(k) != made_from.get(part, {}).get(k)
     )
     log.info("Encoding %s again: made from other settings (%s).", folder, ", ".join(differ))
     return False

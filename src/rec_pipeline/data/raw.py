@@ -76,8 +76,10 @@ class RawFiles:
 class ExistingFiles:
     """Source for a folder the user filled: nothing is written, the files are only checked."""
 
-    def materialize(self, folder: Path) -> None:
+    def materialize(self, folder: Path) -> bool:
+        """Checks the folder; never writes (returns False)."""
         RawFiles(Path(folder)).check()
+        return False
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class SyntheticSource:
 
     config: synthetic.SyntheticConfig
 
-    def materialize(self, folder: Path) -> None:
+    def materialize(self, folder: Path) -> bool:
+        """Writes the world into ``folder`` unless it is there already; True when it wrote."""
         folder = Path(folder)
         marker = folder / synthetic.MARKER_NAME
         ours = set(synthetic.RAW_FILE_NAMES) | set(synthetic.TRUTH_FILE_NAMES)
@@ -97,7 +100,7 @@ class SyntheticSource:
                 ours
             ):
                 log.info("Synthetic data in %s is up to date; not regenerating.", folder)
-                return
+                return False
         elif any((folder / n).exists() for n in synthetic.RAW_FILE_NAMES):
             raise RawDataError(
                 f"{folder} already holds Ali-CCP files that the synthetic generator did not write "
@@ -107,3 +110,4 @@ class SyntheticSource:
         folder.mkdir(parents=True, exist_ok=True)
         summary = synthetic.write_synthetic(folder, self.config)
         log.info("Wrote synthetic Ali-CCP data to %s: %s", folder, summary)
+        return True
