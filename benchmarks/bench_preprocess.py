@@ -8,6 +8,7 @@ Examples::
     python -m benchmarks.bench_preprocess --workdir /data/tmp --keep
     python -m benchmarks.bench_preprocess --on-chunk mypkg.mod:consume   # time parse + a stage
     python -m benchmarks.bench_preprocess --raw data/01_raw/aliccp_synthetic --workers 1 2 4 8 16
+    python -m benchmarks.bench_preprocess --raw FOLDER --workers 16 --tokenizers compiled numpy
 
 With ``--raw FOLDER`` (the scaling curve, :mod:`benchmarks.preprocess_folder`): for each worker
 count, a fresh subprocess parses the folder's four files, counts the vocabularies and encodes
@@ -221,6 +222,9 @@ def main(argv=None) -> None:
     ap.add_argument("--on-chunk", default=None, help="module:function run on every chunk (timed)")
     ap.add_argument("--raw", default=None, help="raw folder: the whole path per worker count")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="with --raw")
+    ap.add_argument(
+        "--tokenizers", nargs="+", default=["compiled"], choices=aliccp.parser.TOKENIZERS
+    )
     ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # child of --raw
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child process mode
     ap.add_argument("--kind", default=None, help=argparse.SUPPRESS)
@@ -228,12 +232,16 @@ def main(argv=None) -> None:
     chunk_bytes = int(args.chunk_mb * 2**20)
 
     if args.run_one:
-        res = preprocess_folder.run_one(args.raw, args.run_one, args.workers[0], args.chunk_mb)
+        res = preprocess_folder.run_one(
+            args.raw, args.run_one, args.workers[0], args.chunk_mb, args.tokenizers[0]
+        )
         print(json.dumps(res))
         return
     if args.raw:
         print(machine())
-        preprocess_folder.scaling(Path(args.raw), args.workers, args.chunk_mb, args.workdir)
+        preprocess_folder.scaling(
+            Path(args.raw), args.workers, args.chunk_mb, args.workdir, args.tokenizers
+        )
         return
     if args.measure:
         print(json.dumps(measure(args.measure, args.kind, chunk_bytes, args.on_chunk)))

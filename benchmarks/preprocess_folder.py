@@ -33,21 +33,22 @@ STAGE_OUTPUTS = {
                "encoded_test_commons"],
 }  # fmt: skip
 HEADER = (
-    "| workers | raw MB | parse s | vocab s | encode s | parse MB/s | encode MB/s "
+    "| tokenizer | workers | raw MB | parse s | vocab s | encode s | parse MB/s | encode MB/s "
     "| parse+encode MB/s | per worker MB/s | parent peak RSS MB | worker peak RSS MB "
-    "| parent CPU s | workers CPU s | parsed MB | vocab MB | encoded MB | encoded rows hash |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| parent CPU s | workers CPU s (sys) | parsed MB | vocab MB | encoded MB | encoded rows hash |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def run_one(raw: str, out: str, workers: int, chunk_mb: float) -> dict:
+def run_one(raw: str, out: str, workers: int, chunk_mb: float, tokenizer: str) -> dict:
     """In the measuring subprocess: ``encode_folder`` with ``workers`` processes."""
     from rec_pipeline.config import load_config
     from rec_pipeline.data.processing import encode_folder
     from rec_pipeline.data.raw import RawFiles
 
     cfg = load_config(yaml.safe_load((ROOT / "conf/base/parameters.yml").read_text()))
-    data = cfg.data.model_copy(update={"workers": workers, "chunk_mb": int(chunk_mb)})
+    update = {"workers": workers, "chunk_mb": int(chunk_mb), "tokenizer": tokenizer}
+    data = cfg.data.model_copy(update=update)
     seconds = encode_folder(RawFiles(Path(raw)).check(), data, cfg.vocab, Path(out))
     me, children = (resource.getrusage(r) for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return {
@@ -56,6 +57,7 @@ def run_one(raw: str, out: str, workers: int, chunk_mb: float) -> dict:
         "worker_peak_kb": children.ru_maxrss,
         "parent_cpu_s": me.ru_utime + me.ru_stime,
         "worker_cpu_s": children.ru_utime + children.ru_stime,
+        "worker_sys_s": children.ru_stime,
     }
 
 
@@ -94,15 +96,18 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def scaling(raw: Path, workers: list[int], chunk_mb: float, workdir: str | None) -> None:
-    """One table row per worker count; fails when the encoded rows differ between counts."""
+def scaling(
+    raw: Path, workers: list[int], chunk_mb: float, workdir: str | None, tokenizers: list[str]
+) -> None:
+    """One table row per tokenizer and worker count; fails when the encoded rows differ."""
     raw_mb = sum(p.stat().st_size for p in raw.glob("*.csv")) / 1e6
     print(HEADER, flush=True)
     hashes = set()
-    for w in workers:
+    for tok, w in ((t, w) for t in tokenizers for w in workers):
         out = Path(tempfile.mkdtemp(prefix=f"preprocess_w{w}_", dir=workdir))
         cmd = [sys.executable, "-m", "benchmarks.bench_preprocess", "--raw", str(raw)]
         cmd += ["--run-one", str(out), "--workers", str(w), "--chunk-mb", str(chunk_mb)]
+        cmd += ["--tokenizers", tok]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
         res = json.loads(res.strip().splitlines()[-1])
@@ -113,15 +118,15 @@ def scaling(raw: Path, workers: list[int], chunk_mb: float, workdir: str | None)
         hashes.add(digest)
         both = s["parse"] + s["encode"]
         print(
-            f"| {w} | {raw_mb:,.0f} | {s['parse']:.2f} | {s['vocabularies']:.2f} | "
+            f"| {tok} | {w} | {raw_mb:,.0f} | {s['parse']:.2f} | {s['vocabularies']:.2f} | "
             f"{s['encode']:.2f} | {raw_mb / s['parse']:,.0f} | {raw_mb / s['encode']:,.0f} | "
             f"{raw_mb / both:,.0f} | {raw_mb / both / w:,.0f} | "
             f"{res['parent_peak_kb'] / 1024:,.0f} | {res['worker_peak_kb'] / 1024:,.0f} | "
-            f"{res['parent_cpu_s']:.1f} | {res['worker_cpu_s']:.1f} | "
+            f"{res['parent_cpu_s']:.1f} | {res['worker_cpu_s']:.1f} ({res['worker_sys_s']:.1f}) | "
             f"{mb['parse']:,.0f} | {mb['vocabularies']:,.1f} | {mb['encode']:,.0f} | {digest} |",
             flush=True,
         )
         print(f"(workers {w}: {wall:.1f} s with start-up, output in {out})", file=sys.stderr)
         shutil.rmtree(out)
     if len(hashes) > 1:
-        raise SystemExit(f"encoded rows differ between worker counts: {sorted(hashes)}")
+        raise SystemExit(f"encoded rows differ between runs: {sorted(hashes)}")

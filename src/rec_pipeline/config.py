@@ -165,6 +165,9 @@ class DataConfig(_Model):
     # Processes that parse the raw files' chunks, and then encode the parsed shards, at once: a
     # count, or auto for every core (fewer than four chunks are done in the calling process).
     workers: CountOrAuto = "auto"
+    # How lines are read: compiled (machine code, one pass per line) or numpy (vectorised
+    # passes over each slice). The output is the same; numpy is there to compare against.
+    tokenizer: Literal["compiled", "numpy"] = "compiled"
 
 
 class SamplingConfig(_Model):

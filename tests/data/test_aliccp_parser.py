@@ -25,6 +25,8 @@ from rec_pipeline.data.aliccp import (
 from rec_pipeline.data.aliccp import fields as aliccp_fields
 from rec_pipeline.data.aliccp import parser as aliccp_parser
 
+# Every test runs with each tokenizer (tests/data/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_tokenizer")
 SK_FIELDS = ["205", "206", "216", "853"]
 CM_FIELDS = ["101", "109_14", "121", "150_14"]
 

@@ -34,6 +34,8 @@ from rec_pipeline.data.aliccp import (
 )
 from rec_pipeline.data.aliccp import parser as aliccp_parser
 
+# Every test runs with each tokenizer (tests/data/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_tokenizer")
 FUZZ = settings(
     max_examples=int(os.environ.get("PARSER_FUZZ_EXAMPLES", "60")),
     deadline=None,

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from raw_files import COMMON, SKELETON, feat, write_raw
 
 from rec_pipeline.data.aliccp import COMMON_KIND, SKELETON_KIND, FileParser, write_parts
 from rec_pipeline.data.shards import PartFile
+
+# Every test runs with each tokenizer (tests/data/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_tokenizer")
 
 
 def _parse(path, workers: int, chunk_bytes: int = 1500):

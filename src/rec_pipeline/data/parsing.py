@@ -37,6 +37,7 @@ def parse_raw_files(
     chunk_bytes: int,
     staging: Path,
     workers: int | str = 1,
+    tokenizer: str | None = None,
 ) -> Iterator[tuple]:
     """Parse the four raw files chunk by chunk.
 
@@ -46,18 +47,19 @@ def parse_raw_files(
     leaves the counts so far. ``workers`` (a count or ``auto``) parses the chunks in that many
     processes, one pool for the four files (in this process below four chunks in all). A
     file's counts are checked (no valid row: :class:`NoValidRowsError`) once its last chunk is
-    out. The part files are written in a fresh folder under ``staging``
-    (which must be on the shard folders' filesystem), removed when the generator ends: each
-    yielded part must be moved away before the next item is asked for.
+    out. ``tokenizer`` picks :class:`FileParser`'s (the output is the same). The part files are
+    written in a fresh folder under ``staging`` (which must be on the shard folders'
+    filesystem), removed when the generator ends: each yielded part must be moved away before
+    the next item is asked for.
     """
     folder = staging_folder(staging, "parse-")
     try:
-        yield from _parse(raw, skeleton, common, chunk_bytes, folder, workers)
+        yield from _parse(raw, skeleton, common, chunk_bytes, folder, workers, tokenizer)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _parse(raw, skeleton, common, chunk_bytes, staging, workers) -> Iterator[tuple]:
+def _parse(raw, skeleton, common, chunk_bytes, staging, workers, tokenizer) -> Iterator[tuple]:
     jobs = [
         ("train_commons", raw.common("train"), COMMON_KIND, common),
         ("train_samples", raw.skeleton("train"), SKELETON_KIND, skeleton),
@@ -66,7 +68,7 @@ def _parse(raw, skeleton, common, chunk_bytes, staging, workers) -> Iterator[tup
     ]
     names = [name for name, *_ in jobs]
     empties = {name: rows_schema(kind, flds).empty_table() for name, _, kind, flds in jobs}
-    parsers = [FileParser(path, kind, flds, chunk_bytes) for _, path, kind, flds in jobs]
+    parsers = [FileParser(path, kind, flds, chunk_bytes, tokenizer) for _, path, kind, flds in jobs]
     n_workers = worker_count(workers, sum(p.path.stat().st_size for p in parsers) // chunk_bytes)
     reports: dict[str, dict] = {}
     finished = 0  # files before this one are done: counted, logged and checked

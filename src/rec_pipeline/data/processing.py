@@ -69,7 +69,8 @@ def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: P
     t0 = time.perf_counter()
     names = [f"parsed_{n}" for n in PARSE_OUTPUTS] + ["quarantine"]
     staging = folder / STAGING
-    parse = parse_raw_files(raw, f.skeleton, f.common, data.chunk_mb << 20, staging, data.workers)
+    chunk = data.chunk_mb << 20
+    parse = parse_raw_files(raw, f.skeleton, f.common, chunk, staging, data.workers, data.tokenizer)
     write_shards(folder, names, parse)
     parsed = {n: ShardSet(folder / f"parsed_{n}") for n in PARSE_OUTPUTS}
     seconds["parse"] = (t1 := time.perf_counter()) - t0

@@ -87,17 +87,22 @@ class FieldTable:
         long_tokens = n > _EIGHT
         missing = np.flatnonzero((slot < 0) & ~long_tokens)
         if missing.size:
-            n_known_tokens = len(self.slot_of)
-            for key in np.unique(keys[missing]).tolist():
-                self._register(int(key).to_bytes(8, "little").lstrip(b"\0"))
-            if len(self.slot_of) > n_known_tokens:
-                self._rebuild()
-            found = self._lookup(keys[missing])
-            if self.other_slot is not None:
-                found[found < 0] = self.other_slot
-            slot[missing] = found
+            slot[missing] = self.resolve(keys[missing])
         for i in np.flatnonzero(long_tokens).tolist():
             token = b[start[i] : end[i]].tobytes()
             s = self.slot_of.get(token)
             slot[i] = self._register(token) if s is None else s
         return slot
+
+    def resolve(self, keys: np.ndarray) -> np.ndarray:
+        """Slots of short tokens' keys (see the class) that the table does not hold yet: each
+        new token is registered, in key order. [n_keys] int32."""
+        n_known_tokens = len(self.slot_of)
+        for key in np.unique(keys).tolist():
+            self._register(int(key).to_bytes(8, "little").lstrip(b"\0"))
+        if len(self.slot_of) > n_known_tokens:
+            self._rebuild()
+        found = self._lookup(keys)
+        if self.other_slot is not None:
+            found[found < 0] = self.other_slot
+        return found

@@ -1,7 +1,10 @@
 """The file parser: reads a raw file in bounded chunks and turns its lines into Arrow tables.
 
-Each ~1 MB slice of a chunk goes through :mod:`.scan` (structure), :mod:`.numbers` (ids and
-values), :mod:`.fields` (field slots); rejected lines get their reason from :mod:`.reference`.
+Each ~1 MB slice of a chunk goes through one of two tokenizers with the same output. The
+compiled one (:mod:`.compiled`, the default) reads each line once in machine code. The
+vectorised one runs numpy passes over the whole slice: :mod:`.scan` (structure), :mod:`.numbers`
+(ids and values), :mod:`.fields` (field slots); it takes the slices the compiled one hands back
+(valid lines outside its strict grammar). Rejected lines get their reason from :mod:`.reference`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from rec_pipeline.data.aliccp import compiled
 from rec_pipeline.data.aliccp.fields import FieldTable
 from rec_pipeline.data.aliccp.format import HEADER_COMMAS, SKELETON_KIND
 from rec_pipeline.data.aliccp.numbers import decimal_tokens, uint_tokens
@@ -42,6 +46,9 @@ from rec_pipeline.data.aliccp.schema import (
 )
 
 DEFAULT_CHUNK_BYTES = 16 << 20
+TOKENIZERS = ("compiled", "numpy")
+# The tokenizer of a FileParser not told which (the tests run under each).
+DEFAULT_TOKENIZER = "compiled"
 QUARANTINE_LINE_CHARS = 2000
 # Bytes kept in front of the chunk data, so an 8- or 16-byte window ending at any token end can
 # be read without bounds checks (the bytes before a token are masked out anyway).
@@ -93,7 +100,8 @@ class FileParser:
     ``combine_chunks()`` if contiguous arrays are needed) and adds each chunk's counts to
     ``report`` (``last_chunk_report`` holds the latest chunk's alone); :func:`.parts.write_parts`
     does the same with each chunk's rows written to a Parquet file, in worker processes if
-    asked. Iterate it once.
+    asked. Iterate it once. ``tokenizer`` is ``compiled`` or ``numpy`` (see the module
+    docstring; the output is the same), None for :data:`DEFAULT_TOKENIZER`.
     """
 
     def __init__(
@@ -102,10 +110,15 @@ class FileParser:
         kind: str,
         fields: Sequence[str],
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        tokenizer: str | None = None,
     ):
         check_kind(kind)
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        tokenizer = DEFAULT_TOKENIZER if tokenizer is None else tokenizer
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+        self.tokenizer = tokenizer
         self.path = Path(path)
         self.kind = kind
         self.fields = check_fields(fields)
@@ -115,6 +128,7 @@ class FileParser:
         self.last_chunk_report: ParseReport | None = None
         self._n_commas = HEADER_COMMAS[kind]
         self._field_table = FieldTable(self.fields)
+        self._separators = np.empty(0, np.int64)  # the compiled tokenizer's scratch
         self._next_line = 1  # file line number of the next slice's first line
         self._started = False
 
@@ -211,6 +225,10 @@ class FileParser:
     ) -> tuple[pa.Table, pa.Table]:
         """Parse the whole lines in buf[base : base + n] (base >= _PAD) into ``report``."""
         b = buf[base : base + n]
+        if self.tokenizer == "compiled":
+            parsed = self._parse_compiled(b, _words(buf), base - 8, report)
+            if parsed is not None:
+                return parsed
         sp, cls = scan(b)
         term, bad_struct = check_structure(sp, cls, self._n_commas)
         if bad_struct.any():  # "\r\n" line ends? Drop those '\r' (in a copy of the slice).
@@ -225,10 +243,79 @@ class FileParser:
                 b = buf[_PAD : _PAD + n]
                 sp, cls = scan(b)
                 term, bad_struct = check_structure(sp, cls, self._n_commas)
-        # Unaligned uint64 view: u64[i] = bytes buf[i : i + 8] (little-endian), so the window
-        # whose last byte is slice byte p - 1 is u64[p + base - 8]. Shape [len(buf) - 7].
-        u64 = np.ndarray((buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
-        return self._parse_lines(b, u64, base - 8, sp, cls, term, bad_struct, report)
+        # The window whose last byte is slice byte p - 1 is u64[p + base - 8].
+        return self._parse_lines(b, _words(buf), base - 8, sp, cls, term, bad_struct, report)
+
+    def _parse_compiled(self, b, u64, off, report: ParseReport) -> tuple | None:
+        """:meth:`_parse_slice` by the compiled tokenizer; None when it hands the slice back."""
+        ft = self._field_table
+        if self._separators.size < b.size:
+            self._separators = np.empty(b.size, np.int64)
+        (header, cfi_offsets, cfi_data, slots, keys, ids, values, flagged, n_lines, crlf) = (
+            compiled.tokenize(
+                b,
+                u64,
+                off,
+                self._separators,
+                self._n_commas,
+                self.kind == SKELETON_KIND,
+                ft.keys,
+                ft.slots,
+                ft.table,
+                ft.mult,
+                ft.shift,
+                compiled.POW10,
+            )
+        )
+        if crlf:
+            return None
+        text = b.tobytes() if flagged.size else b""
+        raws, reasons = [], []
+        for start in flagged[:, 1].tolist():
+            raw = text[start : text.index(b"\n", start)]
+            reason = line_reason(raw, self.kind)
+            if reason is None:  # valid, outside the compiled grammar
+                return None
+            raws.append(raw)
+            reasons.append(reason)
+        missing = np.flatnonzero(slots < 0)
+        if missing.size:
+            slots[missing] = ft.resolve(keys[missing])
+        n_feat_row = header[3]
+        offsets, field_start, ids, values = compiled.group_by_field(
+            slots, ids, values, n_feat_row, len(self.fields)
+        )
+        n_known = int(field_start[-1])
+        if n_known < slots.size:
+            self._count_unknown(slots[slots >= len(self.fields)], report)
+
+        n_rows = n_feat_row.size
+        columns = []
+        if self.kind == SKELETON_KIND:
+            columns += [pa.array(header[0]), pa.array(header[1].astype(np.int8))]
+            columns.append(pa.array(header[2].astype(np.int8)))
+        cfi = pa.StringArray.from_buffers(n_rows, pa.py_buffer(cfi_offsets), pa.py_buffer(cfi_data))
+        columns.append(cfi)
+        _append_list_columns(columns, offsets, field_start, ids, values)
+        rows = pa.Table.from_arrays(columns, schema=self.schema)
+
+        first_line_no = self._next_line
+        self._next_line += n_lines
+        report.lines += n_lines
+        report.valid_rows += n_rows
+        report.features_kept += n_known
+        for reason in reasons:
+            report.counts[reason] = report.counts.get(reason, 0) + 1
+        line_numbers = flagged[:, 0] + first_line_no
+        return rows, _quarantine_table(str(self.path), line_numbers, reasons, raws)
+
+    def _count_unknown(self, unknown_slots: np.ndarray, report: ParseReport) -> None:
+        """Count features of fields not configured (slots >= the configured fields) by name."""
+        nf = len(self.fields)
+        for s, cnt in enumerate(np.bincount(unknown_slots - nf).tolist()):
+            if cnt:
+                name = self._field_table.names[nf + s]
+                report.unknown_fields[name] = report.unknown_fields.get(name, 0) + cnt
 
     def _parse_lines(
         self, b, u64, off, sp, cls, term, bad_struct, report
@@ -305,10 +392,7 @@ class FileParser:
         known = slot < nf
         n_known = int(np.count_nonzero(known))
         if n_known < slot.size:
-            for s, cnt in enumerate(np.bincount(slot[~known] - nf).tolist()):
-                if cnt:
-                    name = self._field_table.names[nf + s]
-                    report.unknown_fields[name] = report.unknown_fields.get(name, 0) + cnt
+            self._count_unknown(slot[~known], report)
         # Sort key: field slot, unknown fields last; 8 or 16 bits so numpy uses a radix sort.
         key = np.minimum(slot, nf).astype(np.uint8 if nf < 255 else np.uint16)
         order = np.argsort(key, kind="stable")[:n_known]  # by field, file order within
@@ -322,11 +406,7 @@ class FileParser:
         np.cumsum(counts, axis=1, out=offsets[:, 1:])
         field_start = np.zeros(nf + 1, dtype=np.int64)  # slice of ids_sorted per field
         np.cumsum(offsets[:, -1], out=field_start[1:])
-        for f in range(nf):
-            lo, hi = field_start[f], field_start[f + 1]
-            off_f = pa.array(offsets[f])
-            columns.append(pa.ListArray.from_arrays(off_f, pa.array(ids_sorted[lo:hi])))
-            columns.append(pa.ListArray.from_arrays(off_f, pa.array(values_sorted[lo:hi])))
+        _append_list_columns(columns, offsets, field_start, ids_sorted, values_sorted)
         return n_known
 
     def _quarantine(
@@ -337,7 +417,7 @@ class FileParser:
         Python runs only here, once per rejected line, to name the reason.
         """
         q_reasons: list[str] = []
-        q_text: list[str] = []
+        raws: list[bytes] = []
         for i in rejected.tolist():
             raw = b[lines.line_start[i] : lines.nl_pos[i]].tobytes()
             if is_c0c1[i]:
@@ -346,18 +426,36 @@ class FileParser:
                 reason = line_reason(raw, self.kind) or "malformed"
             report.counts[reason] = report.counts.get(reason, 0) + 1
             q_reasons.append(reason)
-            # (a character takes at most 4 bytes, so the cut cannot change the kept text)
-            text = raw[: 4 * QUARANTINE_LINE_CHARS].decode("utf-8", errors="replace")
-            q_text.append(text[:QUARANTINE_LINE_CHARS])
-        return pa.Table.from_arrays(
-            [
-                pa.array([str(self.path)] * rejected.size, pa.string()),
-                pa.array(rejected + first_line_no, pa.int64()),
-                pa.array(q_reasons, pa.string()),
-                pa.array(q_text, pa.string()),
-            ],
-            schema=QUARANTINE_SCHEMA,
-        )
+            raws.append(raw)
+        return _quarantine_table(str(self.path), rejected + first_line_no, q_reasons, raws)
+
+
+def _quarantine_table(file: str, line_numbers, reasons: list[str], raws: list[bytes]) -> pa.Table:
+    """The quarantine rows of rejected lines (their text cut to QUARANTINE_LINE_CHARS)."""
+    # (a character takes at most 4 bytes, so the cut cannot change the kept text)
+    texts = [
+        raw[: 4 * QUARANTINE_LINE_CHARS].decode("utf-8", errors="replace")[:QUARANTINE_LINE_CHARS]
+        for raw in raws
+    ]
+    return pa.Table.from_arrays(
+        [
+            pa.array([file] * len(raws), pa.string()),
+            pa.array(line_numbers, pa.int64()),
+            pa.array(reasons, pa.string()),
+            pa.array(texts, pa.string()),
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _append_list_columns(columns: list, offsets, field_start, ids, values) -> None:
+    """Append each field's id and weight list columns; field f's lists are
+    ids[field_start[f] + offsets[f, r] : field_start[f] + offsets[f, r + 1]] for row r."""
+    for f in range(offsets.shape[0]):
+        lo, hi = field_start[f], field_start[f + 1]
+        off_f = pa.array(offsets[f])
+        columns.append(pa.ListArray.from_arrays(off_f, pa.array(ids[lo:hi])))
+        columns.append(pa.ListArray.from_arrays(off_f, pa.array(values[lo:hi])))
 
 
 def _valid_lines(sp, cls, term, bad_struct) -> _Lines:
@@ -420,6 +518,11 @@ def _parse_features(b, u64, off, tok: _Tokens, py_int: PythonTokens):
     if bad_feat.any():
         bad_line[np.searchsorted(tok.feat_off, np.flatnonzero(bad_feat), side="right") - 1] = True
     return ids, values, bad_line
+
+
+def _words(buf: np.ndarray) -> np.ndarray:
+    """Unaligned uint64 view of buf: [len(buf) - 7], word i = bytes buf[i : i + 8] little-endian."""
+    return np.ndarray((buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -45,7 +45,7 @@ def write_parts(
         for i, (start, end) in enumerate(_line_ranges(p.path, p.chunk_bytes))
     ]
     if workers > 1:
-        specs = [(p.path, p.kind, p.fields, p.chunk_bytes) for p in parsers]
+        specs = [(p.path, p.kind, p.fields, p.chunk_bytes, p.tokenizer) for p in parsers]
         init = (specs, staging, compression)
         done = ordered_map(_write_range_in_worker, tasks, workers, _init_worker, init)
     else:

@@ -31,7 +31,9 @@ def parse_raw(raw_aliccp: RawFiles, shard_staging: Path, data: dict[str, Any]) -
     """The four raw files as parsed shards, the quarantined lines and the parse report."""
     d = load_section("data", data)
     f, chunk = d.fields, d.chunk_mb << 20
-    yield from parse_raw_files(raw_aliccp, f.skeleton, f.common, chunk, shard_staging, d.workers)
+    yield from parse_raw_files(
+        raw_aliccp, f.skeleton, f.common, chunk, shard_staging, d.workers, d.tokenizer
+    )
 
 
 def extract_planted_truth(raw_aliccp: RawFiles) -> tuple[pd.DataFrame, pd.DataFrame]:
