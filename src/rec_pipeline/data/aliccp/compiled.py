@@ -34,7 +34,7 @@ _CR, _MINUS, _DOT, _ZERO = 13, 45, 46, 48
 _MAX_INT_DIGITS = 18  # 10**18 - 1 < 2**63: any 18 digits fit an int64
 _MAX_VALUE_BYTES = 16
 _MAX_VALUE_DIGITS = 15  # mantissa < 10**15 < 2**53: exact in float64
-POW10 = 10.0 ** np.arange(_MAX_VALUE_DIGITS + 1)  # pass as tokenize's pow10
+_POW10 = 10.0 ** np.arange(_MAX_VALUE_DIGITS + 1)  # a constant of the compiled code
 
 
 @njit(cache=True, nogil=True)
@@ -90,7 +90,7 @@ def _value8(t):
 
 
 @njit(cache=True, nogil=True)
-def _decimal(b, p, q, pow10):
+def _decimal(b, p, q):
     """The value token b[p:q] byte by byte: (float32, ok)."""
     if q - p > _MAX_VALUE_BYTES:
         return np.float32(0.0), False
@@ -111,12 +111,12 @@ def _decimal(b, p, q, pow10):
             return np.float32(0.0), False
     if digits == 0 or digits > _MAX_VALUE_DIGITS:
         return np.float32(0.0), False
-    v = np.float64(mantissa) / pow10[max(frac, 0)]
+    v = np.float64(mantissa) / _POW10[max(frac, 0)]
     return np.float32(-v if neg else v), True
 
 
 @njit(cache=True, nogil=True)
-def _decimal8(b, u64, off, p, q, pow10):
+def _decimal8(b, u64, off, p, q):
     """The value token b[p:q] of 1 to 8 bytes by SWAR (see :mod:`.numbers`): (float32, ok)."""
     n = q - p
     t = _digit_word(u64[q + off], n)
@@ -132,12 +132,12 @@ def _decimal8(b, u64, off, p, q, pow10):
     t = (t & above) | ((t & below) << np.uint64(8))
     frac = (np.uint64(7) - ((low * np.uint64(0x0001020304050607)) >> np.uint64(56))) * has
     ok = ok and _digits_ok(t) and n > np.int64(has) + neg
-    v = np.float64(_value8(t)) / pow10[frac]
+    v = np.float64(_value8(t)) / _POW10[frac]
     return np.float32(-v if neg else v), ok
 
 
 @njit(cache=True, nogil=True)
-def tokenize(b, u64, off, sp, n_commas, skeleton, f_keys, f_slots, f_table, f_mult, f_shift, pow10):
+def tokenize(b, u64, off, sp, n_commas, skeleton, f_keys, f_slots, f_table, f_mult, f_shift):
     """Tokenize the whole lines of ``b`` (uint8 [n], ending in '\\n'); ``u64[i + off]`` is the
     8-byte word of b[i - 8 : i] (the caller's buffer has room in front of b); ``sp`` is scratch
     room for n int64.
@@ -230,9 +230,9 @@ def tokenize(b, u64, off, sp, n_commas, skeleton, f_keys, f_slots, f_table, f_mu
                 fid, ok = _uint(b, u64, off, s1 + 1, s2)
                 value, good = np.float32(0.0), False
                 if s2 + 1 < s3 <= s2 + 9:
-                    value, good = _decimal8(b, u64, off, s2 + 1, s3, pow10)
+                    value, good = _decimal8(b, u64, off, s2 + 1, s3)
                 if not good:
-                    value, good = _decimal(b, s2 + 1, s3, pow10)
+                    value, good = _decimal(b, s2 + 1, s3)
                 ok = ok and good
                 if not ok:
                     break

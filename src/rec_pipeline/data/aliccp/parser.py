@@ -264,7 +264,6 @@ class FileParser:
                 ft.table,
                 ft.mult,
                 ft.shift,
-                compiled.POW10,
             )
         )
         if crlf:
