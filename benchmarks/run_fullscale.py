@@ -32,6 +32,7 @@ import logging
 import pstats
 import resource
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks.conf import parameters
@@ -115,6 +116,7 @@ def main() -> None:
     from rec_pipeline.data.processing import process_folder
     from rec_pipeline.data.raw import RawFiles, SyntheticSource
     from rec_pipeline.data.synthetic import MARKER_NAME
+    from rec_pipeline.data.workers import shared_workers
     from rec_pipeline.train.run import evaluate_checkpoint, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,6 +139,9 @@ def main() -> None:
     print(machine(), "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 
     world = SyntheticSource(load_section("synthetic", params["synthetic"]).build())
+    # Generation and processing share one pool of worker processes, stopped before training.
+    pools = ExitStack()
+    pools.enter_context(shared_workers())
     stages.run(
         "generate",
         lambda: world.materialize(raw),  # an up-to-date world in --work is reused
@@ -151,6 +156,7 @@ def main() -> None:
             f"{raw_mb / s:,.0f} MB/s of raw text" if "parse" in d.seconds else "encoding reused"
         ),
     )
+    pools.close()
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     result = stages.run(
         "train",

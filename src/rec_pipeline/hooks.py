@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
 from rec_pipeline.config import IGNORED_KEYS, ignored_keys, load_config
+from rec_pipeline.data.workers import shared_workers
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +106,44 @@ class DataFolderLockHook:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+# Nodes that map over worker processes (data.workers, synthetic.workers).
+WORKER_POOL_TAG = "worker_pool"
+
+
+class WorkerPoolHook:
+    """The run's nodes tagged :data:`WORKER_POOL_TAG` share their worker processes: one pool,
+    started by the first map and stopped once the last such node of the run has finished (so
+    training does not run next to idle workers holding memory)."""
+
+    def __init__(self) -> None:
+        self._pools: ExitStack | None = None
+        self._waiting: set[str] = set()
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._close()
+        self._waiting = {n.name for n in pipeline.nodes if WORKER_POOL_TAG in n.tags}
+        if self._waiting:
+            self._pools = ExitStack()
+            self._pools.enter_context(shared_workers())
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._waiting.discard(node.name)
+        if not self._waiting:
+            self._close()
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._close()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._pools is not None:
+            self._pools.close()
+            self._pools = None

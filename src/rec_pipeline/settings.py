@@ -2,10 +2,11 @@
 
 from kedro.config import OmegaConfigLoader
 
-from rec_pipeline.hooks import DataFolderLockHook, ValidateParametersHook
+from rec_pipeline.hooks import DataFolderLockHook, ValidateParametersHook, WorkerPoolHook
 
-# Hooks run last-registered first: parameters are validated, then the data folder is locked.
-HOOKS = (DataFolderLockHook(), ValidateParametersHook())
+# Hooks run last-registered first: parameters are validated, then the data folder is locked,
+# then the worker pool is set up to be shared (its processes start with the first map).
+HOOKS = (WorkerPoolHook(), DataFolderLockHook(), ValidateParametersHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -17,7 +17,7 @@ from rec_pipeline.data.encode import CFI, COMMON_PREFIX, SKELETON_PREFIX, list_p
 from rec_pipeline.data.sampling import valid_group_mask
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.data.vocab import IdCounter
-from rec_pipeline.data.workers import ordered_map, worker_count
+from rec_pipeline.data.workers import ordered_map, worker_count, worker_state
 
 # Runs of consecutive shards counted per worker process (see count_training_shards).
 GROUPS_PER_WORKER = 4
@@ -93,16 +93,13 @@ def _count_shard(count: tuple, path: str, kind: str) -> IdCounter:
     )
 
 
-_COUNT: tuple | None = None  # a worker process's count_training_shards arguments
-
-
-def _init_counter(*count) -> None:
-    global _COUNT
-    _COUNT = count
+def _init_counter(*count) -> tuple:
+    """A worker process's count_training_shards arguments."""
+    return count
 
 
 def _count_group_in_worker(group: list[tuple[str, str]]) -> IdCounter:
     counter = IdCounter()
     for path, kind in group:
-        counter.merge(_count_shard(_COUNT, path, kind))
+        counter.merge(_count_shard(worker_state(), path, kind))
     return counter

@@ -30,7 +30,7 @@ from rec_pipeline.data.sampling import KEEP_DRAW, negative_draws, valid_group_ma
 from rec_pipeline.data.shards import COMPRESSION, PartFile, ShardSet, staging_folder, write_part
 from rec_pipeline.data.stats import FieldStats, SplitStats
 from rec_pipeline.data.vocab import Vocabulary
-from rec_pipeline.data.workers import ordered_map, worker_count
+from rec_pipeline.data.workers import ordered_map, worker_count, worker_state
 
 SKELETON_PREFIX, COMMON_PREFIX = "f0_", "f1_"
 CFI = "common_feature_index"
@@ -279,17 +279,14 @@ def _encode_chunk(ctx: _Context, path: str, source: str, kind: str, chunk: int) 
     return out
 
 
-_CONTEXT: _Context | None = None  # a worker process's (see _encoded_chunks)
-
-
-def _init_encoder(path: str) -> None:
-    global _CONTEXT
+def _init_encoder(path: str) -> _Context:
+    """A worker process's context (see _encoded_chunks)."""
     with open(path, "rb") as fh:
-        _CONTEXT = pickle.load(fh)
+        return pickle.load(fh)
 
 
 def _encode_chunk_in_worker(path: str, source: str, kind: str, chunk: int) -> _EncodedChunk:
-    return _encode_chunk(_CONTEXT, path, source, kind, chunk)
+    return _encode_chunk(worker_state(), path, source, kind, chunk)
 
 
 def _encoded_chunks(ctx: _Context, tasks: list[tuple], workers: int) -> Iterator[_EncodedChunk]:

@@ -23,6 +23,7 @@ from rec_pipeline.data.raw import RawFiles
 from rec_pipeline.data.sampling import sample_negatives, training_keep_prob
 from rec_pipeline.data.shards import ShardSet, ShardWriter
 from rec_pipeline.data.vocab import Vocabulary, vocabulary_frame
+from rec_pipeline.data.workers import shared_workers
 
 # Where the worker processes write their part files before they are moved into place.
 STAGING = "_staging"
@@ -62,6 +63,7 @@ def write_shards(folder: Path, names: Sequence[str], chunks: Iterable[tuple]) ->
     return report
 
 
+@shared_workers()  # the stages' maps run on one pool of processes
 def encode_folder(raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: Path) -> dict:
     """Parse, count vocabularies and encode into ``folder``; returns the stage times. Written
     last, ``encode_report.json`` marks a complete folder."""
@@ -140,6 +142,7 @@ def _reusable(folder: Path, settings: dict) -> bool:
     return False
 
 
+@shared_workers()
 def process_folder(
     raw: RawFiles, data: DataConfig, vocab: VocabConfig, folder: Path
 ) -> ProcessedData:

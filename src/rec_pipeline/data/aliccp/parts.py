@@ -18,7 +18,7 @@ from rec_pipeline.data.aliccp.parser import FileParser
 from rec_pipeline.data.aliccp.report import ParseReport
 from rec_pipeline.data.aliccp.schema import QUARANTINE_SCHEMA
 from rec_pipeline.data.shards import COMPRESSION, PartFile, write_part
-from rec_pipeline.data.workers import ordered_map
+from rec_pipeline.data.workers import ordered_map, worker_state
 
 
 def write_parts(
@@ -70,17 +70,13 @@ def _write_range(
     return part, quarantine, report
 
 
-# A worker process's parsers (one per file), staging folder and codec.
-_WORKER: tuple[list[FileParser], Path, str] | None = None
-
-
-def _init_worker(specs, staging, compression) -> None:
-    global _WORKER
-    _WORKER = ([FileParser(*spec) for spec in specs], staging, compression)
+def _init_worker(specs, staging, compression) -> tuple[list[FileParser], Path, str]:
+    """A worker process's parsers (one per file), staging folder and codec."""
+    return [FileParser(*spec) for spec in specs], staging, compression
 
 
 def _write_range_in_worker(j: int, start: int, end: int, index: int):
-    parsers, staging, compression = _WORKER
+    parsers, staging, compression = worker_state()
     return _write_range(parsers[j], staging, compression, start, end, index)
 
 

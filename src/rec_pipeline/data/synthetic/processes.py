@@ -28,7 +28,7 @@ from rec_pipeline.data.synthetic.params import SyntheticConfig
 from rec_pipeline.data.synthetic.shared import load_shared, save_shared
 from rec_pipeline.data.synthetic.truth import Calibration
 from rec_pipeline.data.synthetic.world import World
-from rec_pipeline.data.workers import ordered_map, worker_count
+from rec_pipeline.data.workers import ordered_map, worker_count, worker_state
 
 
 def chunk_results(
@@ -110,17 +110,13 @@ def _copy_part(part: Path, fd: int, offset: int, size: int) -> None:
     part.unlink()
 
 
-# A worker process's share of the run, set once by _init_worker.
-_WORKER: tuple[SyntheticConfig, World, Calibration, Path]
-
-
 def _init_worker(config: SyntheticConfig, world_file: Path, calib: Calibration, parts: Path):
-    global _WORKER
-    _WORKER = (config, load_shared(world_file), calib, parts)
+    """A worker process's share of the run."""
+    return config, load_shared(world_file), calib, parts
 
 
 def _write_chunk_in_worker(task: ChunkTask) -> ChunkResult:
-    config, world, calib, parts = _WORKER
+    config, world, calib, parts = worker_state()
     paths = tuple(parts / f"{task.split_key}-{task.index:06d}.{kind}" for kind in ("sk", "cf"))
     with open(paths[0], "wb") as skeleton, open(paths[1], "wb") as common:
         result = write_chunk(config, world, calib, task, skeleton, common)

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Pipeline, node
 
+from rec_pipeline.hooks import WORKER_POOL_TAG
+
 from .nodes import prepare_raw_data
 
 
@@ -13,6 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["params:data.source", "params:synthetic"],
                 outputs="raw_aliccp",
                 name="prepare_raw_data",
+                tags=[WORKER_POOL_TAG],
             )
         ]
     )

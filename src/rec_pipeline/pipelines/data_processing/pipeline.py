@@ -3,6 +3,8 @@ metadata and the data-quality report."""
 
 from kedro.pipeline import Pipeline, node
 
+from rec_pipeline.hooks import WORKER_POOL_TAG
+
 from .nodes import (
     build_data_quality_report,
     build_vocabularies,
@@ -30,6 +32,7 @@ def create_sampling_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["encoded_train", "sampling_report"],
                 name="sample_training_negatives",
+                tags=[WORKER_POOL_TAG],
             ),
             node(
                 describe_dataset,
@@ -68,6 +71,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "parse_report",
                 ],
                 name="parse_raw",
+                tags=[WORKER_POOL_TAG],
             ),
             node(
                 extract_planted_truth,
@@ -85,6 +89,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs="vocabularies",
                 name="build_vocabularies",
+                tags=[WORKER_POOL_TAG],
             ),
             node(
                 encode_features,
@@ -98,6 +103,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "encode_report",
                 ],
                 name="encode_features",
+                tags=[WORKER_POOL_TAG],
             ),
         ]
     )
