@@ -99,8 +99,9 @@ class Stages:
         ]
         for r in self.rows:
             gpu = r.get("gpu_peak_mib")
+            steps = " + ".join(f"{k} {v}" for k, v in r.get("steps", {}).items())
             lines.append(
-                f"| {r['stage']} | {r['seconds']:.1f} | {r.get('throughput', '')} | "
+                f"| {r['stage']}{f' ({steps})' if steps else ''} | {r['seconds']:.1f} | {r.get('throughput', '')} | "
                 f"{r['peak_rss_mb']:,.0f} | {'-' if gpu is None else f'{gpu:,.0f}'} |"
             )
         total = sum(r["seconds"] for r in self.rows)
@@ -155,6 +156,7 @@ def main() -> None:
         throughput=lambda d, s: (
             f"{raw_mb / s:,.0f} MB/s of raw text" if "parse" in d.seconds else "encoding reused"
         ),
+        steps=lambda d, _: {k: round(v, 1) for k, v in d.seconds.items()},
     )
     pools.close()
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
