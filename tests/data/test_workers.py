@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -97,6 +98,26 @@ def test_closing_early_leaves_no_task_running(tmp_path, shared):
         assert len(started) < 12  # the tasks not yet started were cancelled
 
 
+def test_a_map_outliving_its_block_finishes_then_stops_the_pool():
+    with shared_workers():
+        it = ordered_map(_pid, [(i,) for i in range(20)], 2)
+        assert next(it)[0] == 0
+    assert workers._SHARED is None
+    assert workers._RETIRED  # still running a map
+    assert [i for i, _ in it] == list(range(1, 20))
+    assert not workers._RETIRED and not workers._IN_USE
+
+
+def test_a_failed_pool_is_replaced():
+    with shared_workers():
+        first = {pid for _, pid in ordered_map(_pid, [(i,) for i in range(8)], 2)}
+        with pytest.raises(BrokenProcessPool):
+            list(ordered_map(os._exit, [(1,) for _ in range(4)], 2))
+        again = {pid for _, pid in ordered_map(_pid, [(i,) for i in range(8)], 2)}
+        assert not again & first
+    assert not workers._RETIRED and not workers._IN_USE
+
+
 def test_nested_blocks_keep_the_outer_pool():
     with shared_workers():
         with shared_workers():
@@ -121,8 +142,14 @@ def test_the_kedro_hook_stops_the_pool_after_the_last_tagged_node():
     assert workers._SHARED is not None
     hook.after_node_run(pipeline.nodes[0])
     assert workers._SHARED is not None
+    # Kedro drains a generator node's outputs after its after_node_run hooks: a map still
+    # running then finishes on the pool, which stops after it.
+    running = ordered_map(_pid, [(i,) for i in range(12)], 2)
+    next(running)
     hook.after_node_run(pipeline.nodes[1])
     assert workers._SHARED is None  # before the untagged node runs
+    assert len(list(running)) == 11
+    assert not workers._RETIRED and not workers._IN_USE
     hook.after_pipeline_run({}, None, pipeline, None)
     assert workers._SHARED is None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -32,29 +33,39 @@ def worker_count(setting: int | str, chunks: int) -> int:
 
 
 # The pools of the open shared_workers block (by worker count), None outside one; the depth
-# lets blocks nest (the outermost one owns the pools).
+# lets blocks nest (the outermost one owns the pools). A pool stops when its block has ended and
+# no map runs on it any more: a map may outlive its block (a Kedro node's generator is drained
+# after the node's hooks have run), so the last map to leave a retired pool stops it.
+_LOCK = threading.Lock()
 _SHARED: dict[int, ProcessPoolExecutor] | None = None
 _DEPTH = 0
+_IN_USE: dict[ProcessPoolExecutor, int] = {}  # maps running on each shared pool
+_RETIRED: set[ProcessPoolExecutor] = set()  # pools to stop once their maps are done
 
 
 @contextmanager
 def shared_workers() -> Iterator[None]:
     """Within this block, the maps of this process (:func:`ordered_map`) with the same worker
-    count run on one pool of processes: started at the first, stopped (and its processes'
-    memory given back) when the outermost block ends. Outside a block every map starts and
-    stops its own pool."""
+    count run on one pool of processes: started by the first, stopped (and its processes'
+    memory given back) when the outermost block ends, or when the last map still running on it
+    then ends. Outside a block every map starts and stops its own pool."""
     global _SHARED, _DEPTH
-    if _DEPTH == 0:
-        _SHARED = {}
-    _DEPTH += 1
+    with _LOCK:
+        if _DEPTH == 0:
+            _SHARED = {}
+        _DEPTH += 1
     try:
         yield
     finally:
-        _DEPTH -= 1
-        if _DEPTH == 0:
-            pools, _SHARED = _SHARED, None
-            for pool in pools.values():
-                pool.shutdown(wait=True, cancel_futures=True)
+        idle = []
+        with _LOCK:
+            _DEPTH -= 1
+            if _DEPTH == 0:
+                for pool in _SHARED.values():
+                    (_RETIRED.add if _IN_USE.get(pool) else idle.append)(pool)
+                _SHARED = None
+        for pool in idle:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(
@@ -75,19 +86,34 @@ def ordered_map(
     A process holds one map's state at a time. When the iterator ends, is closed or raises, no
     call of this map is still running.
     """
-    if _SHARED is None:
-        with _pool(workers) as pool:
-            yield from _map(pool, fn, args, workers, initializer, initargs)
+    with _LOCK:
+        pool = None if _SHARED is None else _SHARED.get(workers)
+        if _SHARED is not None and pool is None:
+            pool = _SHARED[workers] = _pool(workers)
+        if pool is not None:
+            _IN_USE[pool] = _IN_USE.get(pool, 0) + 1
+    if pool is None:  # outside a block: a pool of its own
+        with _pool(workers) as own:
+            yield from _map(own, fn, args, workers, initializer, initargs)
         return
-    pool = _SHARED.get(workers)
-    if pool is None:
-        pool = _SHARED[workers] = _pool(workers)
     try:
         yield from _map(pool, fn, args, workers, initializer, initargs)
     except BrokenProcessPool:
-        _SHARED.pop(workers, None)  # a later map starts a fresh pool
-        pool.shutdown(wait=False, cancel_futures=True)
+        with _LOCK:  # a later map starts a fresh pool
+            if _SHARED is not None and _SHARED.get(workers) is pool:
+                del _SHARED[workers]
+            _RETIRED.add(pool)
         raise
+    finally:
+        with _LOCK:
+            _IN_USE[pool] -= 1
+            stop = not _IN_USE[pool] and pool in _RETIRED
+            if not _IN_USE[pool]:
+                del _IN_USE[pool]
+            if stop:
+                _RETIRED.discard(pool)
+        if stop:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

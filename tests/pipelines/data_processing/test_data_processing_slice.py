@@ -5,15 +5,18 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from kedro.framework.hooks.manager import _create_hook_manager
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pickle import PickleDataset
 from raw_files import write_many_raw, write_raw
 
 from rec_pipeline.config import Config
+from rec_pipeline.data import workers as workers_module
 from rec_pipeline.data.metadata import DatasetMetadata
 from rec_pipeline.data.shards import ShardSet
 from rec_pipeline.datasets import ParquetShardsDataset, RawAliCCPDataset, StagingFolderDataset
+from rec_pipeline.hooks import WorkerPoolHook
 from rec_pipeline.pipelines.data_processing import create_pipeline, create_sampling_pipeline
 
 SHARDS = [
@@ -94,13 +97,31 @@ def many_raw(tmp_path_factory):
     return raw
 
 
+def _run_with_pool_hook(pipeline, catalog) -> dict:
+    """The pipeline run with :class:`WorkerPoolHook` called as a Kedro session calls it."""
+    hook = WorkerPoolHook()
+    manager = _create_hook_manager()
+    manager.register(hook)
+    hook.before_pipeline_run({}, pipeline, catalog)
+    try:
+        return SequentialRunner().run(pipeline, catalog, hook_manager=manager)
+    finally:
+        hook.after_pipeline_run({}, None, pipeline, catalog)
+        assert workers_module._SHARED is None and not workers_module._IN_USE
+
+
 def test_the_same_outputs_with_one_two_and_three_workers(tmp_path, many_raw):
     """Workers write their part files and the shard datasets move them in: every shard folder
     holds the same shards, rows and reports whatever the count."""
     outputs = {}
-    for workers in (1, 2, 3):
+    for workers in (1, 2, 3, "2 shared"):
         folder = tmp_path / f"w{workers}"
-        out = SequentialRunner().run(create_pipeline(), _catalog(folder, 0.5, many_raw, workers))
+        count = int(str(workers)[0])
+        catalog = _catalog(folder, 0.5, many_raw, count)
+        if workers == "2 shared":  # one pool for the run, as a Kedro session's hook sets up
+            out = _run_with_pool_hook(create_pipeline(), catalog)
+        else:
+            out = SequentialRunner().run(create_pipeline(), catalog)
         reports = {n: pickle.loads((folder / f"{n}.pkl").read_bytes()) for n in KEPT}
         reports["vocabularies"] = reports["vocabularies"].to_dict("list")
         shards = {n: ShardSet(folder / n) for n in SHARDS}
@@ -114,7 +135,7 @@ def test_the_same_outputs_with_one_two_and_three_workers(tmp_path, many_raw):
     one = outputs[1]
     assert len(one[0]["parsed_train_samples"]) >= 4  # the pools did run
     assert one[1]["quarantine"].num_rows == 23 + 6  # bad lines in every chunk (train + test)
-    for workers in (2, 3):
+    for workers in (2, 3, "2 shared"):
         names, tables, reports, quality = outputs[workers]
         assert names == one[0] and reports == one[2] and quality == one[3]
         assert all(tables[n].equals(one[1][n]) for n in SHARDS), workers
