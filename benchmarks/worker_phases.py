@@ -155,30 +155,19 @@ def _encode_setup(folder: Path, staging: Path) -> tuple[str, list[list]]:
     """The encode context pickled into ``staging`` (as ``encode_splits`` does), and the task
     lists of the training split's parsed shards."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     from rec_pipeline.config import load_section
-    from rec_pipeline.data import encode
+    from rec_pipeline.data.encode import encode_context
     from rec_pipeline.data.shards import ShardSet
     from rec_pipeline.data.vocab import Vocabulary
 
     data = _data_config()
     hashing = load_section("vocab", parameters("base")["vocab"]).hash_buckets
     lookup = Vocabulary(pd.read_parquet(folder / "vocabularies.parquet"), hashing)
-    run = encode._EncodePass(data.fields.skeleton, data.fields.common, lookup)
-    for split, index in run.indexes.items():
-        for path in ShardSet(folder / f"parsed_{split}_commons").files:
-            index.extend(pq.read_table(path, columns=[encode.CFI]).column(encode.CFI))
-        index.build()
-    ctx = encode._Context(
-        list(data.fields.skeleton),
-        list(data.fields.common),
-        lookup,
-        run.indexes,
-        data.valid_fraction,
-        data.seed,
-        staging,
-        "zstd",
+    parsed = {n: ShardSet(folder / f"parsed_{n}") for n in ("train_commons", "test_commons")}
+    f = data.fields
+    _, ctx = encode_context(
+        parsed, f.skeleton, f.common, lookup, data.valid_fraction, data.seed, staging
     )
     context = staging / "context.pickle"
     with open(context, "wb") as fh:

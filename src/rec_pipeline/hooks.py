@@ -74,7 +74,23 @@ class RunLock:
         self._fd = None
 
 
-class DataFolderLockHook:
+class _RunScopedHook:
+    """A hook holding something for the length of a run: ``_release`` ends it when the run
+    ends, whether it finished or failed."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+
+class DataFolderLockHook(_RunScopedHook):
     """One run at a time per data folder: a second concurrent run fails at once, naming the
     lock file and the holder's pid."""
 
@@ -94,14 +110,6 @@ class DataFolderLockHook:
         lock.acquire()
         self._lock = lock
 
-    @hook_impl
-    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
-        self._release()
-
-    @hook_impl
-    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
-        self._release()
-
     def _release(self) -> None:
         if self._lock is not None:
             self._lock.release()
@@ -112,7 +120,7 @@ class DataFolderLockHook:
 WORKER_POOL_TAG = "worker_pool"
 
 
-class WorkerPoolHook:
+class WorkerPoolHook(_RunScopedHook):
     """The run's nodes tagged :data:`WORKER_POOL_TAG` share their worker processes: one pool,
     started by the first map and stopped once the last such node of the run has finished (so
     training does not run next to idle workers holding memory)."""
@@ -123,7 +131,7 @@ class WorkerPoolHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._close()
+        self._release()
         self._waiting = {n.name for n in pipeline.nodes if WORKER_POOL_TAG in n.tags}
         if self._waiting:
             self._pools = ExitStack()
@@ -133,17 +141,9 @@ class WorkerPoolHook:
     def after_node_run(self, node) -> None:
         self._waiting.discard(node.name)
         if not self._waiting:
-            self._close()
+            self._release()
 
-    @hook_impl
-    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
-        self._close()
-
-    @hook_impl
-    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def _release(self) -> None:
         if self._pools is not None:
             self._pools.close()
             self._pools = None

@@ -344,6 +344,29 @@ class _EncodePass:
         }
 
 
+def encode_context(
+    parsed: dict[str, ShardSet],
+    skeleton: Sequence[str],
+    common: Sequence[str],
+    vocab: Vocabulary,
+    valid_fraction: float,
+    seed: int,
+    staging: Path,
+    compression: str = COMPRESSION,
+) -> tuple[_EncodePass, _Context]:
+    """A pass's running state, and the context that encoding any of ``parsed``'s shards needs
+    (with the common-record indexes built from the commons' keys; parts go to ``staging``)."""
+    run = _EncodePass(skeleton, common, vocab)
+    for split, index in run.indexes.items():
+        for path in parsed[f"{split}_commons"].files:
+            index.extend(pq.read_table(path, columns=[CFI]).column(CFI))
+        index.build()  # once here, not in every worker
+    ctx = _Context(
+        list(skeleton), list(common), vocab, run.indexes, valid_fraction, seed, staging, compression
+    )
+    return run, ctx
+
+
 def encode_splits(
     parsed: dict[str, ShardSet],
     skeleton: Sequence[str],
@@ -369,20 +392,8 @@ def encode_splits(
     """
     folder = staging_folder(staging, "encode-")
     try:
-        run = _EncodePass(skeleton, common, vocab)
-        for split, index in run.indexes.items():
-            for path in parsed[f"{split}_commons"].files:
-                index.extend(pq.read_table(path, columns=[CFI]).column(CFI))
-            index.build()  # once here, not in every worker
-        ctx = _Context(
-            list(skeleton),
-            list(common),
-            vocab,
-            run.indexes,
-            valid_fraction,
-            seed,
-            folder,
-            compression,
+        run, ctx = encode_context(
+            parsed, skeleton, common, vocab, valid_fraction, seed, folder, compression
         )
         tasks = [
             (str(path), source, kind, chunk)

@@ -62,7 +62,10 @@ def shared_workers() -> Iterator[None]:
             _DEPTH -= 1
             if _DEPTH == 0:
                 for pool in _SHARED.values():
-                    (_RETIRED.add if _IN_USE.get(pool) else idle.append)(pool)
+                    if _IN_USE.get(pool):
+                        _RETIRED.add(pool)  # stopped by its last map
+                    else:
+                        idle.append(pool)
                 _SHARED = None
         for pool in idle:
             pool.shutdown(wait=True, cancel_futures=True)
